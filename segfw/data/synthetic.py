@@ -1,0 +1,149 @@
+"""The embedded default dataset: procedurally drawn shapes on textured backgrounds.
+
+Every sample is rendered from its own seed, so the dataset needs no files, is identical on every
+machine, and its splits are disjoint by construction (each split draws from its own seed stream).
+Shape colours are drawn independently of the class and the background carries coloured clutter, so
+no colour threshold separates the classes: a model has to learn shape (corners, curvature) and
+context (what is in front of what where shapes overlap).
+"""
+
+from __future__ import annotations
+
+import math
+
+import cv2
+import numpy as np
+
+from segfw.errors import ConfigError
+
+# Class index -> polygon corners: 1 circle (a fine polygon), 2 triangle, 3 square; 0 is background.
+CORNERS = {1: 48, 2: 3, 3: 4}
+
+# Each split's samples come from a separate seed stream, so train, val and test never share an image.
+_SPLIT_STREAM = {"train": 0, "val": 1, "test": 2}
+
+
+class ShapesSource:
+    """Renders the shapes dataset's samples for one split.
+
+    Args:
+        split: ``train``, ``val`` or ``test``.
+        size: number of samples in the split.
+        height: image height in pixels.
+        width: image width in pixels.
+        seed: base seed; the same seed always gives the same images.
+        min_shapes: fewest shapes drawn in one image.
+        max_shapes: most shapes drawn in one image.
+        noise_std: standard deviation of the Gaussian pixel noise, in 0..255 units.
+    """
+
+    def __init__(
+        self,
+        split: str,
+        size: int,
+        height: int,
+        width: int,
+        seed: int = 0,
+        min_shapes: int = 2,
+        max_shapes: int = 5,
+        noise_std: float = 12.0,
+    ) -> None:
+        if split not in _SPLIT_STREAM:
+            raise ConfigError(
+                f"The shapes dataset has splits {sorted(_SPLIT_STREAM)}; got split={split!r}."
+            )
+        if size < 1:
+            raise ConfigError(
+                f"The shapes dataset's {split} split is empty (size={size}); set it to 1 or more."
+            )
+        if height < 16 or width < 16:
+            raise ConfigError(
+                f"The shapes dataset draws images of at least 16x16 pixels; got {height}x{width}."
+            )
+        if not 1 <= min_shapes <= max_shapes:
+            raise ConfigError(
+                f"Need 1 <= min_shapes <= max_shapes; got min_shapes={min_shapes}, "
+                f"max_shapes={max_shapes}."
+            )
+        self.split = split
+        self.size = size
+        self.height = height
+        self.width = width
+        self.seed = seed
+        self.min_shapes = min_shapes
+        self.max_shapes = max_shapes
+        self.noise_std = noise_std
+
+    def __len__(self) -> int:
+        return self.size
+
+    def name(self, index: int) -> str:
+        return f"shapes/{self.split}/{index:06d}"
+
+    def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """Returns the ``index``-th sample as an RGB uint8 image (H, W, 3) and a uint8 mask (H, W)."""
+        rng = np.random.default_rng([self.seed, _SPLIT_STREAM[self.split], index])
+        image = _background(rng, self.height, self.width)
+        mask = np.zeros((self.height, self.width), np.uint8)
+        for _ in range(int(rng.integers(self.min_shapes, self.max_shapes + 1))):
+            class_id = int(rng.integers(1, len(CORNERS) + 1))
+            polygon = _shape_polygon(rng, class_id, self.height, self.width)
+            colour = _contrasting_colour(rng, image, polygon)
+            # Image and mask are filled from the same polygon, so every labelled pixel is drawn.
+            cv2.fillPoly(image, [polygon], colour)
+            cv2.fillPoly(mask, [polygon], class_id)
+        noise = rng.normal(0.0, self.noise_std, image.shape)
+        image = np.clip(image.astype(np.float32) + noise, 0, 255).astype(np.uint8)
+        return image, mask
+
+
+def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
+    """A colour gradient modulated by a sinusoidal texture, with coloured clutter strokes."""
+    ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
+    angle = rng.uniform(0, 2 * math.pi)
+    ramp = (np.cos(angle) * xs / width + np.sin(angle) * ys / height + 1.0) / 2.0
+    start, end = rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)
+    image = start + (end - start) * ramp[..., None]
+    wave_angle, period = rng.uniform(0, math.pi), rng.uniform(4, 16)
+    phase = (np.cos(wave_angle) * xs + np.sin(wave_angle) * ys) * 2 * math.pi / period
+    image += rng.uniform(10, 40) * np.sin(phase)[..., None]
+    image = np.clip(image, 0, 255).astype(np.uint8)
+    # Clutter: thin strokes and small blobs in shape-like colours that belong to the background.
+    for _ in range(int(rng.integers(2, 6))):
+        colour = tuple(int(c) for c in rng.integers(0, 256, 3))
+        p0 = (int(rng.integers(0, width)), int(rng.integers(0, height)))
+        if rng.random() < 0.5:
+            p1 = (int(rng.integers(0, width)), int(rng.integers(0, height)))
+            cv2.line(image, p0, p1, colour, int(rng.integers(1, 3)))
+        else:
+            cv2.circle(image, p0, int(rng.integers(1, 3)), colour, -1)
+    return image
+
+
+def _shape_polygon(rng: np.random.Generator, class_id: int, height: int, width: int) -> np.ndarray:
+    """Vertices (int32, (K, 2) as x, y) of a randomly placed, sized and rotated shape."""
+    side = min(height, width)
+    radius = rng.uniform(0.15, 0.3) * side
+    cx = rng.uniform(0.1, 0.9) * width
+    cy = rng.uniform(0.1, 0.9) * height
+    rotation = rng.uniform(0, 2 * math.pi)
+    corners = CORNERS[class_id]
+    if class_id == 1:
+        radius *= 0.85  # equal area to the square keeps the classes balanced
+    angles = rotation + np.arange(corners) * 2 * math.pi / corners
+    points = np.stack([cx + radius * np.cos(angles), cy + radius * np.sin(angles)], axis=1)
+    return np.round(points).astype(np.int32)
+
+
+def _contrasting_colour(
+    rng: np.random.Generator, image: np.ndarray, polygon: np.ndarray
+) -> tuple[int, int, int]:
+    """A random colour that differs visibly from the mean colour under the shape."""
+    region = np.zeros(image.shape[:2], np.uint8)
+    cv2.fillPoly(region, [polygon], 1)
+    under = image[region.astype(bool)].mean(axis=0) if region.any() else image.mean(axis=(0, 1))
+    for _ in range(20):
+        colour = rng.integers(0, 256, 3)
+        if np.abs(colour - under).sum() > 120:
+            break
+    return tuple(int(c) for c in colour)
