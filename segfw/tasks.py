@@ -52,17 +52,18 @@ def train(cfg: DictConfig) -> dict[str, float]:
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
 
     checkpoint = trainer.checkpoint_callback
-    best = checkpoint.best_model_path if checkpoint else ""
-    if not best:
-        raise ConfigError(
-            "Training wrote no checkpoint to score (is the checkpoint callback disabled, or did "
-            "validation never run?)."
+    best = (checkpoint.best_model_path if checkpoint else "") or None
+    if best:
+        log.info("scoring the best checkpoint: %s", best)
+    else:
+        log.warning(
+            "No checkpoint was written (fast_dev_run, or checkpointing disabled): scoring the "
+            "weights in memory."
         )
-    log.info("best checkpoint: %s", best)
     metrics = _first(trainer.validate(module, datamodule=datamodule, ckpt_path=best))
     if datamodule.has_split("test"):
         metrics |= _first(trainer.test(module, datamodule=datamodule, ckpt_path=best))
-    metrics["best_checkpoint"] = best
+    metrics["best_checkpoint"] = best or ""
     write_metrics(metrics, output_dir / "metrics.json")
     return metrics
 

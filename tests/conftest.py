@@ -16,9 +16,6 @@ TINY = [
     "model.height=64",
     "model.width=64",
     "backbone=mobilenetv2",
-    "data.sizes.train=32",
-    "data.sizes.val=16",
-    "data.sizes.test=16",
     "data.batch_size=8",
     "data.num_workers=0",
     "trainer.accelerator=cpu",
@@ -29,6 +26,14 @@ TINY = [
     "~callbacks.progress_bar",
     "~callbacks.model_summary",
 ]
+# The embedded dataset's split sizes, for configs that keep data=shapes.
+TINY_SHAPES = ["data.sizes.train=32", "data.sizes.val=16", "data.sizes.test=16"]
+
+
+def tiny(overrides: list[str]) -> list[str]:
+    """TINY overrides for ``overrides``; the shapes sizes unless another dataset is chosen."""
+    other_data = any(o.startswith("data=") and o != "data=shapes" for o in overrides)
+    return TINY + ([] if other_data else TINY_SHAPES) + list(overrides)
 
 
 def compose_config(
@@ -48,8 +53,32 @@ def train_config(tmp_path: Path) -> Callable[..., DictConfig]:
     """``train_config(*overrides)``: the train config at tiny size, writing into ``tmp_path``."""
 
     def make(*overrides: str) -> DictConfig:
-        cfg = compose_config("train", TINY + list(overrides), tmp_path / "run")
+        cfg = compose_config("train", tiny(list(overrides)), tmp_path / "run")
         OmegaConf.resolve(cfg)
         return cfg
 
     return make
+
+
+def write_folder_dataset(
+    root: Path,
+    counts: dict[str, int] | None = None,
+    size: tuple[int, int] = (48, 64),
+    num_classes: int = 3,
+) -> Path:
+    """Writes a tiny ``data=folder`` dataset: random images, masks of blocky class regions."""
+    import cv2
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    height, width = size
+    for split, count in (counts or {"train": 4, "val": 2, "test": 2}).items():
+        (root / "images" / split).mkdir(parents=True, exist_ok=True)
+        (root / "masks" / split).mkdir(parents=True, exist_ok=True)
+        for i in range(count):
+            mask = rng.integers(0, num_classes, (height // 8, width // 8)).astype(np.uint8)
+            mask = cv2.resize(mask, (width, height), interpolation=cv2.INTER_NEAREST)
+            image = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+            cv2.imwrite(str(root / "images" / split / f"img{i}.png"), image)
+            cv2.imwrite(str(root / "masks" / split / f"img{i}.png"), mask)
+    return root

@@ -109,7 +109,7 @@ def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray
     image += rng.uniform(10, 40) * np.sin(phase)[..., None]
     image = np.clip(image, 0, 255).astype(np.uint8)
     # Clutter: thin strokes and small blobs in shape-like colours that belong to the background.
-    for _ in range(int(rng.integers(2, 6))):
+    for _ in range(int(rng.integers(1, 4))):
         colour = tuple(int(c) for c in rng.integers(0, 256, 3))
         p0 = (int(rng.integers(0, width)), int(rng.integers(0, height)))
         if rng.random() < 0.5:

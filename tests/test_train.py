@@ -1,0 +1,152 @@
+"""End to end on the embedded dataset: learning happens, files land, evaluate reproduces train."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from conftest import compose_config, tiny
+from segfw.errors import NonFiniteLossError
+from segfw.module import SegmentationModule
+from segfw.tasks import build_datamodule, build_trainer, evaluate, train
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# About 100 optimizer steps on 64 px shapes: enough to see learning, quick on 2 CPU cores.
+LEARN = [
+    "data.sizes.train=800",
+    "data.sizes.val=64",
+    "data.sizes.test=64",
+    "data.batch_size=16",
+    "trainer.max_epochs=2",
+    "optimizer.lr=3e-3",
+    "scheduler.warmup_steps=10",
+]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One short training run shared by the tests of this file."""
+    output_dir = tmp_path_factory.mktemp("run")
+    cfg = compose_config("train", tiny(LEARN), output_dir)
+    OmegaConf.resolve(cfg)
+    return cfg, train(cfg), output_dir
+
+
+def test_training_learns_well_above_chance(trained):
+    _, metrics, output_dir = trained
+    losses = [
+        float(row.split(",")[_column(output_dir, "train/loss")])
+        for row in (output_dir / "csv" / "metrics.csv").read_text().splitlines()[1:]
+        if row.split(",")[_column(output_dir, "train/loss")]
+    ]
+    assert len(losses) >= 50
+    first, last = sum(losses[:10]) / 10, sum(losses[-10:]) / 10
+    assert last < 0.6 * first, (first, last)
+    # Predicting background everywhere scores mIoU ~0.2 here (background is ~78% of pixels,
+    # the three shapes score 0); a uniform guess ~0.1.
+    assert metrics["val/mIoU"] > 0.35
+    assert metrics["test/mIoU"] > 0.35
+    assert all(metrics[f"val/IoU/{name}"] > 0.05 for name in ("circle", "triangle", "square"))
+
+
+def test_run_dir_holds_config_checkpoints_and_metrics(trained):
+    cfg, metrics, output_dir = trained
+    saved = OmegaConf.load(output_dir / "config.yaml")
+    assert saved.model.height == 64 and saved.output_dir == str(output_dir)
+    checkpoints = {p.name for p in (output_dir / "checkpoints").iterdir()}
+    assert "last.ckpt" in checkpoints
+    assert any(name.startswith("epoch") for name in checkpoints)
+    on_disk = json.loads((output_dir / "metrics.json").read_text())
+    for stage in ("val", "test"):
+        for key in ("mIoU", "dice", "pixel_acc", "IoU/background", "IoU/square"):
+            assert on_disk[f"{stage}/{key}"] == pytest.approx(metrics[f"{stage}/{key}"])
+
+
+@pytest.mark.parametrize("split", ["val", "test"])
+def test_evaluate_reproduces_the_training_figures(trained, split, tmp_path):
+    _, metrics, _ = trained
+    cfg = compose_config(
+        "evaluate",
+        [f"ckpt_path={metrics['best_checkpoint']}", f"split={split}", "trainer.accelerator=cpu"],
+        tmp_path,
+    )
+    scores = evaluate(cfg)
+    assert abs(scores[f"{split}/mIoU"] - metrics[f"{split}/mIoU"]) < 1e-3
+    assert json.loads((tmp_path / "metrics.json").read_text())[f"{split}/mIoU"] == pytest.approx(
+        scores[f"{split}/mIoU"]
+    )
+
+
+def test_checkpoint_loads_without_hydra(trained):
+    cfg, metrics, _ = trained
+    module = SegmentationModule.load_from_checkpoint(metrics["best_checkpoint"], map_location="cpu")
+    module.eval()
+    datamodule = build_datamodule(cfg.data, cfg.model)
+    batch = next(iter(datamodule.val_dataloader()))
+    with torch.no_grad():
+        logits = module(batch["image"])
+    assert logits.shape == (batch["image"].shape[0], 4, 64, 64)
+    assert module.hparams.class_names == ["background", "circle", "triangle", "square"]
+
+
+def test_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path):
+    cfg = compose_config("train", tiny([]), tmp_path)
+    OmegaConf.resolve(cfg)
+    datamodule = build_datamodule(cfg.data, cfg.model)
+    module = SegmentationModule(
+        model=dict(cfg.model),
+        backbone=dict(cfg.backbone),
+        num_classes=4,
+        class_names=list(cfg.data.class_names),
+        optimizer=dict(cfg.optimizer),
+        scheduler=dict(cfg.scheduler),
+    )
+    build_trainer(cfg).fit(module, datamodule=datamodule)
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    good = hashlib.sha256(last.read_bytes()).hexdigest()
+
+    module.criterion = lambda logits, target: logits.sum() * float("nan")
+    cfg.trainer.max_epochs = 2
+    with pytest.raises(NonFiniteLossError, match="NaN or infinite.*checkpoints written before"):
+        build_trainer(cfg).fit(module, datamodule=datamodule, ckpt_path=str(last))
+    assert hashlib.sha256(last.read_bytes()).hexdigest() == good
+
+
+def test_command_line_run_writes_into_the_hydra_run_dir(tmp_path):
+    run_dir = tmp_path / "cli run"
+    result = subprocess.run(
+        [sys.executable, "train.py", *tiny([f"hydra.run.dir={run_dir}"])],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (run_dir / ".hydra" / "config.yaml").is_file()
+    assert (run_dir / "config.yaml").is_file()
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert not math.isnan(metrics["val/mIoU"]) and "test/mIoU" in metrics
+
+
+def _column(output_dir: Path, name: str) -> int:
+    header = (output_dir / "csv" / "metrics.csv").read_text().splitlines()[0].split(",")
+    return header.index(name)
+
+
+@pytest.mark.parametrize("model", ["unet", "deeplabv3plus"])
+@pytest.mark.parametrize("backbone", ["mobilenetv2", "resnet50"])
+def test_architectures_train_end_to_end_on_two_backbones(train_config, model, backbone):
+    metrics = train(
+        train_config(f"model={model}", f"backbone={backbone}", "++trainer.fast_dev_run=true")
+    )
+    assert 0.0 <= metrics["val/mIoU"] <= 1.0 and 0.0 <= metrics["test/mIoU"] <= 1.0
