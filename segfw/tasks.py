@@ -36,18 +36,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     pl.seed_everything(cfg.seed, workers=True)
 
     datamodule = build_datamodule(cfg.data, cfg.model)
-    module = SegmentationModule(
-        model=_plain(cfg.model),
-        backbone=_plain(cfg.backbone),
-        num_classes=cfg.data.num_classes,
-        class_names=list(cfg.data.class_names),
-        ignore_index=cfg.data.ignore_index,
-        loss=_plain(cfg.loss),
-        optimizer=_plain(cfg.optimizer),
-        scheduler=_plain(cfg.scheduler),
-        palette=_plain(cfg.data.get("palette")),
-        train_metrics=cfg.get("train_metrics", False),
-    )
+    module = build_module(cfg)
     trainer = build_trainer(cfg)
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
 
@@ -99,6 +88,22 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
 def build_datamodule(data: DictConfig | dict, model: DictConfig | dict) -> SegmentationDataModule:
     """The DataModule of a ``data`` config, at the ``model``'s input size."""
     return SegmentationDataModule(**_plain(data), height=model["height"], width=model["width"])
+
+
+def build_module(cfg: DictConfig) -> SegmentationModule:
+    """The LightningModule of a train config: model, backbone, data facts, loss and optimization."""
+    return SegmentationModule(
+        model=_plain(cfg.model),
+        backbone=_plain(cfg.backbone),
+        num_classes=cfg.data.num_classes,
+        class_names=list(cfg.data.class_names),
+        ignore_index=cfg.data.ignore_index,
+        loss=_plain(cfg.loss),
+        optimizer=_plain(cfg.optimizer),
+        scheduler=_plain(cfg.scheduler),
+        palette=_plain(cfg.data.get("palette")),
+        train_metrics=cfg.get("train_metrics", False),
+    )
 
 
 def build_trainer(cfg: DictConfig) -> pl.Trainer:

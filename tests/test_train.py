@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 from conftest import compose_config, tiny
 from segfw.errors import NonFiniteLossError
 from segfw.module import SegmentationModule
-from segfw.tasks import build_datamodule, build_trainer, evaluate, train
+from segfw.tasks import build_datamodule, build_module, build_trainer, evaluate, train
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -102,14 +102,7 @@ def test_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_p
     cfg = compose_config("train", tiny([]), tmp_path)
     OmegaConf.resolve(cfg)
     datamodule = build_datamodule(cfg.data, cfg.model)
-    module = SegmentationModule(
-        model=dict(cfg.model),
-        backbone=dict(cfg.backbone),
-        num_classes=4,
-        class_names=list(cfg.data.class_names),
-        optimizer=dict(cfg.optimizer),
-        scheduler=dict(cfg.scheduler),
-    )
+    module = build_module(cfg)
     build_trainer(cfg).fit(module, datamodule=datamodule)
     last = tmp_path / "checkpoints" / "last.ckpt"
     good = hashlib.sha256(last.read_bytes()).hexdigest()

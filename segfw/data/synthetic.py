@@ -106,7 +106,7 @@ def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray
     image = start + (end - start) * ramp[..., None]
     wave_angle, period = rng.uniform(0, math.pi), rng.uniform(4, 16)
     phase = (np.cos(wave_angle) * xs + np.sin(wave_angle) * ys) * 2 * math.pi / period
-    image += rng.uniform(10, 40) * np.sin(phase)[..., None]
+    image += rng.uniform(5, 25) * np.sin(phase)[..., None]
     image = np.clip(image, 0, 255).astype(np.uint8)
     # Clutter: thin strokes and small blobs in shape-like colours that belong to the background.
     for _ in range(int(rng.integers(1, 4))):
@@ -123,7 +123,7 @@ def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray
 def _shape_polygon(rng: np.random.Generator, class_id: int, height: int, width: int) -> np.ndarray:
     """Vertices (int32, (K, 2) as x, y) of a randomly placed, sized and rotated shape."""
     side = min(height, width)
-    radius = rng.uniform(0.15, 0.3) * side
+    radius = rng.uniform(0.18, 0.34) * side
     cx = rng.uniform(0.1, 0.9) * width
     cy = rng.uniform(0.1, 0.9) * height
     rotation = rng.uniform(0, 2 * math.pi)
