@@ -1,4 +1,5 @@
-"""The model zoo: architectures x backbones, built from config."""
+"""The model zoo: architectures x backbones, built from config. ``python -m segfw.models`` prints
+the parameter count of each pair."""
 
 from segfw.models.backbones import BACKBONES, get_backbone
 from segfw.models.base import SegmentationNetwork, TrainingOutputs

@@ -10,15 +10,23 @@ from segfw.choices import check_arguments, choose
 from segfw.errors import ConfigError
 from segfw.models.backbones import get_backbone
 from segfw.models.base import SegmentationNetwork
-from segfw.models.smp_networks import build_deeplabv3plus, build_unet
+from segfw.models.deeplabv3plus import DeepLabV3Plus
+from segfw.models.pspnet import PSPNet
+from segfw.models.segnet import SegNet
+from segfw.models.unet import Unet
+from segfw.models.unetpp import UnetPlusPlus
 from segfw.models.weights import initialize_encoder
 
 log = logging.getLogger(__name__)
 
-# The table of architectures: config name -> builder(backbone, num_classes, **architecture args).
+# The table of architectures: config name -> network class(backbone, num_classes, **arguments);
+# each argument's default is the seed's, repeated (with its meaning) in conf/model/<name>.yaml.
 ARCHITECTURES: dict[str, Callable[..., SegmentationNetwork]] = {
-    "deeplabv3plus": build_deeplabv3plus,
-    "unet": build_unet,
+    "deeplabv3plus": DeepLabV3Plus,
+    "unet": Unet,
+    "pspnet": PSPNet,
+    "segnet": SegNet,
+    "unetpp": UnetPlusPlus,
 }
 
 

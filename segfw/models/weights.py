@@ -42,7 +42,8 @@ def initialize_encoder(
     else:
         state = _local_state(Path(weights), backbone_name)
         source = f"weights from {weights}"
-    missing, unexpected = encoder.load_state_dict(state, strict=False)
+    # nn.Module's own method: SMP's ResNet and VGG encoders override it and return nothing.
+    missing, unexpected = nn.Module.load_state_dict(encoder, state, strict=False)
     if missing:
         raise ConfigError(
             f"{source} do not fit backbone {backbone_name}: {len(missing)} encoder parameters are "
@@ -91,9 +92,11 @@ def _local_state(path: Path, backbone_name: str) -> dict[str, torch.Tensor]:
             f"Backbone weights {path} hold a {type(state).__name__}, not a state dict; save "
             f"them with torch.save(encoder.state_dict(), path)."
         )
-    # Accept the state dict of a whole segfw/SMP network too: keep its encoder's entries.
-    prefix = "encoder."
-    if any(key.startswith(prefix) for key in state):
-        state = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+    # Accept the state dict of a whole network or a training checkpoint too: keep its encoder's
+    # entries, under "encoder." (segfw's and SMP's networks), "net.encoder." (segfw's UNet, or a
+    # checkpoint of the others) or "net.net.encoder." (a checkpoint of segfw's UNet).
+    marker = "encoder."
+    if any(marker in key for key in state):
+        state = {k.split(marker, 1)[1]: v for k, v in state.items() if marker in k}
     log.debug("read %d tensors for backbone %s from %s", len(state), backbone_name, path)
     return state
