@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from segmentation_models_pytorch import losses as smp_losses
 from torch import nn
@@ -26,9 +27,46 @@ class WeightedSum(nn.Module):
         )
 
 
-def _class_weights(weights: Sequence[float] | None, num_classes: int) -> torch.Tensor | None:
+def median_frequency_weights(
+    class_pixels: Sequence[int], image_pixels: Sequence[int]
+) -> list[float]:
+    """Class weights by median-frequency balancing (Eigen & Fergus, ICCV 2015).
+
+    ``freq[c] = class_pixels[c] / image_pixels[c]``: the share of class ``c`` among the labelled
+    pixels of the images in which it occurs; ``weight[c] = median(freq) / freq[c]``, the median
+    taken over the classes that occur. A class of median frequency weighs 1, rarer classes more.
+    A class that never occurs gets 0: it has no pixel for a weight to act on.
+
+    Args:
+        class_pixels: pixels of each class over the training masks.
+        image_pixels: labelled (not ignored) pixels of the training masks in which each class
+            occurs.
+
+    Returns:
+        One weight per class, rounded to 6 significant digits (they are written into configs).
+    """
+    pixels = np.asarray(class_pixels, np.float64)
+    frequency = np.divide(
+        pixels, image_pixels, out=np.zeros_like(pixels), where=np.asarray(image_pixels) > 0
+    )
+    present = frequency > 0
+    if not present.any():
+        raise ConfigError(
+            "loss.class_weights=auto: the training masks hold no labelled pixel to measure."
+        )
+    median = np.median(frequency[present])
+    weights = np.divide(median, frequency, out=np.zeros_like(frequency), where=present)
+    return [float(f"{w:.6g}") for w in weights]
+
+
+def _class_weights(weights: Sequence[float] | str | None, num_classes: int) -> torch.Tensor | None:
     if weights is None:
         return None
+    if isinstance(weights, str):
+        raise ConfigError(
+            f"loss.class_weights={weights!r}: give one number per class, or auto, which "
+            f"segfw.tasks.train resolves from the training masks before building the model."
+        )
     if len(weights) != num_classes or min(weights) < 0:
         raise ConfigError(
             f"loss.class_weights={list(weights)} must hold {num_classes} non-negative numbers, "

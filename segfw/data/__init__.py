@@ -1,7 +1,7 @@
-"""Datasets, transforms and the DataModule."""
+"""Datasets, transforms, checks and the DataModule."""
 
 from segfw.data.datamodule import SegmentationDataModule
-from segfw.data.dataset import SegmentationDataset
+from segfw.data.dataset import DataSpec, SegmentationDataset
 from segfw.data.formats import FORMATS, open_split
 
-__all__ = ["FORMATS", "SegmentationDataModule", "SegmentationDataset", "open_split"]
+__all__ = ["FORMATS", "DataSpec", "SegmentationDataModule", "SegmentationDataset", "open_split"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Protocol
 
 import albumentations as A
@@ -9,7 +10,24 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from segfw.errors import ConfigError
+from segfw.data.problems import UNKNOWN_LABELS, DataProblem
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """What a format's reader may need besides its own ``data.*`` keys.
+
+    Attributes:
+        height: network input height (``model.height``).
+        width: network input width (``model.width``).
+        num_classes: number of classes.
+        ignore_index: mask value of pixels left out of loss and metrics.
+    """
+
+    height: int
+    width: int
+    num_classes: int
+    ignore_index: int
 
 
 class SampleSource(Protocol):
@@ -18,7 +36,7 @@ class SampleSource(Protocol):
     def __len__(self) -> int: ...
 
     def name(self, index: int) -> str:
-        """The file (or generator address) of a sample, for error messages."""
+        """The mask file (or generator address) of a sample, for error messages."""
         ...
 
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
@@ -61,7 +79,7 @@ class SegmentationDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         image, mask = self.source.load(index)
-        self._check_mask(mask, index)
+        label_histogram(mask, self.num_classes, self.ignore_index, self.source.name(index))
         if self.random:
             # albumentations keeps its own generator, blind to global seeds: reseed it from torch.
             self.transform.set_random_seed(int(torch.randint(0, 2**31 - 1, ()).item()))
@@ -72,13 +90,22 @@ class SegmentationDataset(Dataset):
             "index": index,
         }
 
-    def _check_mask(self, mask: np.ndarray, index: int) -> None:
-        # A bincount of 256 bins is the cheapest exact test of which values occur.
-        present = np.flatnonzero(np.bincount(mask.ravel(), minlength=256))
-        bad = [int(v) for v in present if v >= self.num_classes and v != self.ignore_index]
-        if bad:
-            raise ConfigError(
-                f"Mask of {self.source.name(index)} holds values {bad}, outside the classes "
-                f"0..{self.num_classes - 1} and ignore_index={self.ignore_index}. Fix the mask, or "
-                f"set data.num_classes / data.ignore_index to match your labels."
-            )
+
+def label_histogram(mask: np.ndarray, num_classes: int, ignore_index: int, name: str) -> np.ndarray:
+    """Pixels per mask value (256 bins), after checking every value is a class or ignore_index.
+
+    Raises:
+        DataProblem: the mask holds other values; the message names the sample.
+    """
+    # A bincount of 256 bins is the cheapest exact test of which values occur.
+    histogram = np.bincount(mask.ravel(), minlength=256)
+    present = np.flatnonzero(histogram)
+    bad = [int(v) for v in present if v >= num_classes and v != ignore_index]
+    if bad:
+        raise DataProblem(
+            f"Mask {name} holds values {bad}, outside the classes 0..{num_classes - 1} and "
+            f"ignore_index={ignore_index}. Fix the mask, or set data.num_classes / "
+            f"data.ignore_index to match your labels.",
+            UNKNOWN_LABELS,
+        )
+    return histogram

@@ -6,46 +6,32 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from segfw.choices import check_arguments, choose
-from segfw.data.dataset import SampleSource
-from segfw.data.folder import FolderSource
-from segfw.data.synthetic import ShapesSource
-from segfw.errors import ConfigError
+from segfw.data.ade20k import read_ade20k
+from segfw.data.camvid import read_camvid
+from segfw.data.cityscapes import read_cityscapes
+from segfw.data.dataset import DataSpec, SampleSource
+from segfw.data.folder import read_folder
+from segfw.data.synthetic import read_shapes
+from segfw.data.voc import read_voc
 
-
-def _shapes(
-    split: str,
-    height: int,
-    width: int,
-    sizes: Mapping[str, int],
-    seed: int = 0,
-    min_shapes: int = 2,
-    max_shapes: int = 5,
-    noise_std: float = 12.0,
-) -> SampleSource:
-    if split not in sizes:
-        raise ConfigError(f"data.sizes has no entry for split {split!r}; it has {dict(sizes)}.")
-    return ShapesSource(split, sizes[split], height, width, seed, min_shapes, max_shapes, noise_std)
-
-
-def _folder(split: str, height: int, width: int, root: str) -> SampleSource:
-    return FolderSource(root, split)
-
-
-# Each reader takes (split, height, width, **its own data.* keys).
+# Each reader takes (split, DataSpec, **its own data.* keys) and returns the split's samples.
 FORMATS: dict[str, Callable[..., SampleSource]] = {
-    "shapes": _shapes,
-    "folder": _folder,
+    "shapes": read_shapes,
+    "folder": read_folder,
+    "voc": read_voc,
+    "cityscapes": read_cityscapes,
+    "ade20k": read_ade20k,
+    "camvid": read_camvid,
 }
 
 
-def open_split(
-    format: str, split: str, height: int, width: int, args: Mapping[str, Any]
-) -> SampleSource:
+def open_split(format: str, split: str, spec: DataSpec, args: Mapping[str, Any]) -> SampleSource:
     """Opens one split of a dataset.
 
     Raises:
-        ValueError: unknown format, or a key its reader does not take (listing those it does).
+        ValueError: unknown format, a key its reader does not take (listing those it does), or a
+            root that is missing or not laid out as the format expects.
     """
     reader = choose(FORMATS, format, "data.format")
-    check_arguments(reader, args, "data", skip=3)
-    return reader(split, height, width, **args)
+    check_arguments(reader, args, "data", skip=2)
+    return reader(split, spec, **args)
