@@ -1,0 +1,129 @@
+"""DDP on two CPU processes (gloo): one run dir, identical weights on both ranks, and validation
+metrics synchronized across them, equal to a single-process evaluation of the saved checkpoint."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from conftest import compose_config, tiny
+from segfw.errors import ConfigError
+from segfw.tasks import evaluate, train
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# torch's SyncBatchNorm has no CPU kernel: on CPU processes, batch norm stays per process.
+DDP_CPU = ["trainer=ddp", "trainer.devices=2", "trainer.sync_batchnorm=false"]
+
+
+def _run(command: list[str], cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    # One intra-op thread per process: two processes share the two cores.
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def ddp_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("ddp")
+    result = _run(
+        [
+            sys.executable,
+            "train.py",
+            *tiny(DDP_CPU),
+            f"hydra.run.dir={run_dir}",
+            # Each rank writes its weights after fitting; the checkpoint holds rank 0's only.
+            "+callbacks.rank_weights._target_=tests.ddp_helpers.SaveRankWeights",
+            f"+callbacks.rank_weights.directory={run_dir / 'ranks'}",
+        ]
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return run_dir
+
+
+def test_both_ranks_end_with_identical_weights(ddp_run):
+    rank0 = torch.load(ddp_run / "ranks" / "rank0.pt")
+    rank1 = torch.load(ddp_run / "ranks" / "rank1.pt")
+    assert rank0.keys() == rank1.keys()
+    for name, weight in rank0.items():
+        assert torch.equal(weight, rank1[name]), name
+
+
+def test_one_run_dir_with_files_written_once(ddp_run):
+    # Lightning relaunched rank 1 into the same run dir, with its own log file and no .hydra copy.
+    assert (ddp_run / "train.log").is_file() and (ddp_run / "train_ddp_process_1.log").is_file()
+    checkpoints = sorted(p.name for p in (ddp_run / "checkpoints").iterdir())
+    assert len(checkpoints) == 2 and "last.ckpt" in checkpoints, checkpoints
+    assert OmegaConf.load(ddp_run / "config.yaml").trainer.strategy == "ddp"
+    steps = torch.load(ddp_run / "checkpoints" / "last.ckpt", map_location="cpu")["global_step"]
+    # 32 training images, 8 per batch, split over 2 processes: 2 steps, each on both halves.
+    assert steps == 2
+
+
+def test_validation_metrics_equal_a_single_process_evaluation(ddp_run, tmp_path):
+    metrics = json.loads((ddp_run / "metrics.json").read_text())
+    cfg = compose_config(
+        "evaluate",
+        [f"ckpt_path={metrics['best_checkpoint']}", "split=val", "trainer.accelerator=cpu"],
+        tmp_path,
+    )
+    single = evaluate(cfg)
+    for key in ("val/mIoU", "val/dice", "val/pixel_acc", "val/IoU/background", "val/IoU/square"):
+        assert single[key] == pytest.approx(metrics[key], abs=1e-12), key
+    assert single["val/loss"] == pytest.approx(metrics["val/loss"], rel=1e-5)
+
+
+def test_sync_batchnorm_on_cpu_processes_is_refused(train_config):
+    cfg = train_config("trainer=ddp", "trainer.devices=2")
+    with pytest.raises(ConfigError, match="sync_batchnorm=true needs GPUs"):
+        train(cfg)
+
+
+def test_ddp_that_lightning_would_relaunch_inside_a_sweep_is_refused(tmp_path):
+    result = _run([sys.executable, "train.py", "-m", *tiny(DDP_CPU), f"hydra.sweep.dir={tmp_path}"])
+    assert "re-run the whole sweep in every rank" in result.stderr + result.stdout
+    assert not list(tmp_path.glob("*/checkpoints"))
+
+
+@pytest.mark.slow
+def test_torchrun_ranks_in_different_run_dirs_are_refused(tmp_path):
+    result = _run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node=2",
+            "train.py",
+            *tiny(DDP_CPU),
+            f"hydra.run.dir={tmp_path}/rank${{oc.env:RANK}}",
+        ]
+    )
+    assert result.returncode != 0
+    assert "write into different run dirs" in result.stderr + result.stdout
+
+
+@pytest.mark.slow
+def test_torchrun_matches_the_lightning_launched_run(ddp_run, tmp_path):
+    result = _run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node=2",
+            "train.py",
+            *tiny(DDP_CPU),
+            f"hydra.run.dir={tmp_path}",
+        ]
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    ours = json.loads((tmp_path / "metrics.json").read_text())
+    lightnings = json.loads((ddp_run / "metrics.json").read_text())
+    assert ours["val/mIoU"] == lightnings["val/mIoU"]
