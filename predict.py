@@ -1,0 +1,23 @@
+"""Predict masks for images.  python predict.py ckpt_path=PATH input=DIR_OR_FILE output=DIR"""
+
+import logging
+
+import hydra
+from omegaconf import DictConfig
+
+from segfw.errors import ConfigError
+from segfw.predict import predict
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="predict")
+def main(cfg: DictConfig) -> None:
+    try:
+        predict(cfg)
+    except ConfigError as error:
+        # Bad input ends the program with its message, not a traceback (as segfw.cli does).
+        logging.getLogger("segfw").error("%s", error)
+        raise SystemExit(1) from None
+
+
+if __name__ == "__main__":
+    main()
