@@ -20,15 +20,16 @@ from segfw.tasks import build_datamodule, build_module, build_trainer, evaluate,
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# About 100 optimizer steps on 64 px shapes: enough to see learning, quick on 2 CPU cores.
+# The README's quickstart recipe cut to 400 optimizer steps (a sixth of it): enough to see
+# learning, under a minute on 2 CPU cores.
 LEARN = [
-    "data.sizes.train=800",
+    "experiment=quickstart",
+    "data.sizes.train=3200",
     "data.sizes.val=64",
     "data.sizes.test=64",
     "data.batch_size=16",
     "trainer.max_epochs=2",
-    "optimizer.lr=3e-3",
-    "scheduler.warmup_steps=10",
+    "scheduler.warmup_steps=25",
 ]
 
 
@@ -42,7 +43,7 @@ def trained(tmp_path_factory):
 
 
 def test_training_learns_well_above_chance(trained):
-    _, metrics, output_dir = trained
+    cfg, metrics, output_dir = trained
     losses = [
         float(row.split(",")[_column(output_dir, "train/loss")])
         for row in (output_dir / "csv" / "metrics.csv").read_text().splitlines()[1:]
@@ -51,10 +52,13 @@ def test_training_learns_well_above_chance(trained):
     assert len(losses) >= 50
     first, last = sum(losses[:10]) / 10, sum(losses[-10:]) / 10
     assert last < 0.6 * first, (first, last)
-    # Predicting background everywhere scores mIoU ~0.2 here (background is ~78% of pixels,
-    # the three shapes score 0); a uniform guess ~0.1.
-    assert metrics["val/mIoU"] > 0.35
-    assert metrics["test/mIoU"] > 0.35
+    # Chance: predicting background everywhere scores IoU = background fraction on background and
+    # 0 on the three shapes.
+    datamodule = build_datamodule(cfg.data, cfg.model)
+    masks = torch.stack([datamodule.dataset("val")[i]["mask"] for i in range(64)])
+    always_background = (masks == 0).float().mean().item() / 4
+    assert metrics["val/mIoU"] > 2 * always_background, always_background
+    assert metrics["test/mIoU"] > 2 * always_background, always_background
     assert all(metrics[f"val/IoU/{name}"] > 0.05 for name in ("circle", "triangle", "square"))
 
 
@@ -107,11 +111,18 @@ def test_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_p
     last = tmp_path / "checkpoints" / "last.ckpt"
     good = hashlib.sha256(last.read_bytes()).hexdigest()
 
-    module.criterion = lambda logits, target: logits.sum() * float("nan")
+    module.criterion = NanLoss()
     cfg.trainer.max_epochs = 2
     with pytest.raises(NonFiniteLossError, match="NaN or infinite.*checkpoints written before"):
         build_trainer(cfg).fit(module, datamodule=datamodule, ckpt_path=str(last))
     assert hashlib.sha256(last.read_bytes()).hexdigest() == good
+
+
+class NanLoss(torch.nn.Module):
+    """A loss that has diverged: NaN, with a gradient path to every logit."""
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return logits.sum() * float("nan")
 
 
 def test_command_line_run_writes_into_the_hydra_run_dir(tmp_path):
