@@ -154,3 +154,23 @@ def test_architectures_train_end_to_end_on_two_backbones(train_config, model, ba
         train_config(f"model={model}", f"backbone={backbone}", "++trainer.fast_dev_run=true")
     )
     assert 0.0 <= metrics["val/mIoU"] <= 1.0 and 0.0 <= metrics["test/mIoU"] <= 1.0
+
+
+def test_deterministic_runs_with_the_same_seed_end_with_the_same_weights(tmp_path):
+    # Random flips and rescales, so that the seed reaches the data as well as the initialization.
+    overrides = [
+        "trainer.deterministic=true",
+        "data.augment.hflip=true",
+        "data.augment.scale=[0.8,1.2]",
+    ]
+
+    def final_weights(name: str, *more: str) -> dict[str, torch.Tensor]:
+        cfg = compose_config("train", tiny([*overrides, *more]), tmp_path / name)
+        OmegaConf.resolve(cfg)
+        train(cfg)
+        return torch.load(tmp_path / name / "checkpoints" / "last.ckpt")["state_dict"]
+
+    first, again = final_weights("first"), final_weights("again")
+    other_seed = final_weights("other", "seed=7")
+    assert all(torch.equal(first[k], again[k]) for k in first)
+    assert any(not torch.equal(first[k], other_seed[k]) for k in first)
