@@ -14,10 +14,8 @@ from segfw.data.files import (
     FilePairs,
     LabelIdMasks,
     dataset_root,
-    files_by_stem,
-    pair_files,
+    pair_with_png_masks,
     require,
-    require_samples,
 )
 
 LAYOUT = (
@@ -46,11 +44,5 @@ def read_ade20k(split: str, spec: DataSpec, root: str) -> FilePairs:
     root_path = dataset_root(root, LAYOUT, inner="ADEChallengeData2016")
     image_dir = require(root_path / "images" / split, root_path, LAYOUT)
     mask_dir = require(root_path / "annotations" / split, root_path, LAYOUT)
-    pairs, problems = pair_files(
-        files_by_stem(image_dir, (".jpg", ".jpeg", ".png")),
-        files_by_stem(mask_dir, (".png",)),
-        expected_mask=lambda name: str(mask_dir / f"{name}.png"),
-        expected_image=lambda name: str(image_dir / f"{name}.jpg"),
-    )
-    require_samples(pairs, problems, split, f"no .jpg images in {image_dir}. Expected {LAYOUT}")
+    pairs, problems = pair_with_png_masks(split, image_dir, mask_dir, LAYOUT, ".jpg")
     return FilePairs(pairs, masks, problems)

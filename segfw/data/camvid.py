@@ -11,10 +11,8 @@ from segfw.data.files import (
     FilePairs,
     IndexMasks,
     dataset_root,
-    files_by_stem,
-    pair_files,
+    pair_with_png_masks,
     require,
-    require_samples,
 )
 
 LAYOUT = "root/<split>/NAME.png with root/<split>annot/NAME.png (class indices, 11 = void)"
@@ -34,11 +32,5 @@ def read_camvid(split: str, spec: DataSpec, root: str) -> FilePairs:
     root_path = dataset_root(root, LAYOUT)
     image_dir = require(root_path / split, root_path, LAYOUT)
     mask_dir = require(root_path / f"{split}annot", root_path, LAYOUT)
-    pairs, problems = pair_files(
-        files_by_stem(image_dir, (".png", ".jpg", ".jpeg")),
-        files_by_stem(mask_dir, (".png",)),
-        expected_mask=lambda name: str(mask_dir / f"{name}.png"),
-        expected_image=lambda name: str(image_dir / f"{name}.png"),
-    )
-    require_samples(pairs, problems, split, f"no .png images in {image_dir}. Expected {LAYOUT}")
+    pairs, problems = pair_with_png_masks(split, image_dir, mask_dir, LAYOUT, ".png")
     return FilePairs(pairs, IndexMasks(), problems)

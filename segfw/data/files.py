@@ -295,6 +295,26 @@ def pair_files(
     return [(images[n], masks[n]) for n in sorted(images.keys() & masks.keys())], problems
 
 
+def pair_with_png_masks(
+    split: str, image_dir: Path, mask_dir: Path, layout: str, usual_suffix: str
+) -> tuple[list[tuple[Path, Path]], list[Problem]]:
+    """Pairs each image of ``image_dir`` (any of IMAGE_SUFFIXES) with the PNG of the same name in
+    ``mask_dir``; ``usual_suffix`` (e.g. ``.jpg``) is the image suffix that messages name.
+
+    Raises:
+        ConfigError: the split has neither images nor masks.
+    """
+    pairs, problems = pair_files(
+        files_by_stem(image_dir, IMAGE_SUFFIXES),
+        files_by_stem(mask_dir, (".png",)),
+        expected_mask=lambda name: str(mask_dir / f"{name}.png"),
+        expected_image=lambda name: str(image_dir / name) + usual_suffix,
+    )
+    where = f"no {usual_suffix} images in {image_dir}. Expected {layout}"
+    require_samples(pairs, problems, split, where)
+    return pairs, problems
+
+
 def dataset_root(root: str | Path, layout: str, inner: str | None = None) -> Path:
     """``data.root`` as a Path, checked to exist.
 

@@ -6,15 +6,12 @@ from collections.abc import Sequence
 
 from segfw.data.dataset import DataSpec
 from segfw.data.files import (
-    IMAGE_SUFFIXES,
     ColourMasks,
     FilePairs,
     IndexMasks,
     dataset_root,
-    files_by_stem,
-    pair_files,
+    pair_with_png_masks,
     require,
-    require_samples,
 )
 from segfw.errors import ConfigError
 
@@ -62,14 +59,5 @@ def read_folder(
                 f"{spec.num_classes}; give one [R, G, B] per class, in class order."
             )
         masks = ColourMasks(mask_colors, ignore_colors, spec.ignore_index)
-    images = files_by_stem(image_dir, IMAGE_SUFFIXES)
-    pairs, problems = pair_files(
-        images,
-        files_by_stem(mask_dir, (".png",)),
-        expected_mask=lambda name: str(mask_dir / f"{name}.png"),
-        expected_image=lambda name: str(image_dir / f"{name}.png|jpg"),
-    )
-    require_samples(
-        pairs, problems, split, f"no .png/.jpg images in {image_dir}. Expected {LAYOUT}"
-    )
+    pairs, problems = pair_with_png_masks(split, image_dir, mask_dir, LAYOUT, ".png/.jpg")
     return FilePairs(pairs, masks, problems)
