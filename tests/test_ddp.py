@@ -91,38 +91,22 @@ def test_ddp_that_lightning_would_relaunch_inside_a_sweep_is_refused(tmp_path):
     assert not list(tmp_path.glob("*/checkpoints"))
 
 
+def _torchrun(run_dir_override: str):
+    """train.py in two CPU processes started by torchrun, as on a cluster node."""
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
+    return _run([*launcher, "train.py", *tiny(DDP_CPU), run_dir_override])
+
+
 @pytest.mark.slow
 def test_torchrun_ranks_in_different_run_dirs_are_refused(tmp_path):
-    result = _run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc-per-node=2",
-            "train.py",
-            *tiny(DDP_CPU),
-            f"hydra.run.dir={tmp_path}/rank${{oc.env:RANK}}",
-        ]
-    )
+    result = _torchrun(f"hydra.run.dir={tmp_path}/rank${{oc.env:RANK}}")
     assert result.returncode != 0
     assert "write into different run dirs" in result.stderr + result.stdout
 
 
 @pytest.mark.slow
 def test_torchrun_matches_the_lightning_launched_run(ddp_run, tmp_path):
-    result = _run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc-per-node=2",
-            "train.py",
-            *tiny(DDP_CPU),
-            f"hydra.run.dir={tmp_path}",
-        ]
-    )
+    result = _torchrun(f"hydra.run.dir={tmp_path}")
     assert result.returncode == 0, result.stderr[-3000:]
     ours = json.loads((tmp_path / "metrics.json").read_text())
     lightnings = json.loads((ddp_run / "metrics.json").read_text())
