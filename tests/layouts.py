@@ -13,10 +13,10 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from segfw.data.preview import default_palette
+from segfw.visualize import default_palette
 
-COLOURS = default_palette(256)  # a distinct colour per mask value
-VOC_PALETTE = np.concatenate([[[0, 0, 0]], default_palette(255)])  # VOC's colour map
+COLOURS = default_palette(257)[1:]  # a distinct colour per mask value, none black
+VOC_PALETTE = default_palette(256)  # VOC's colour map
 SIZE = (48, 64)  # height, width: smaller than the 64 x 64 test input, so padding is exercised
 
 

@@ -26,10 +26,11 @@ from segfw.data.check import scan
 from segfw.data.datamodule import SegmentationDataModule
 from segfw.data.dataset import SampleSource
 from segfw.data.files import FilePairs
-from segfw.data.preview import default_palette, grid
+from segfw.data.preview import grid
 from segfw.data.problems import KINDS, DataProblem, Problem
 from segfw.errors import ConfigError
 from segfw.tasks import build_datamodule
+from segfw.visualize import default_palette
 
 log = logging.getLogger("segfw.inspect")
 
@@ -102,7 +103,11 @@ def _preview(
     if len(source) == 0:  # every file unpaired
         return None
     hp = datamodule.hparams
-    palette = np.array(hp.palette if hp.palette is not None else default_palette(hp.num_classes))
+    # Without a dataset palette, the VOC colours from index 1 on: class 0 would paint black over
+    # the image.
+    palette = np.array(
+        hp.palette if hp.palette is not None else default_palette(hp.num_classes + 1)[1:]
+    )
     samples = []
     for index in np.unique(np.linspace(0, len(source) - 1, count).round().astype(int)):
         try:

@@ -13,23 +13,6 @@ TILE = 240  # pixels per tile side
 FONT = cv2.FONT_HERSHEY_SIMPLEX
 
 
-def default_palette(num_classes: int) -> np.ndarray:
-    """Distinct colours for datasets without a palette: the VOC colour map, skipping black.
-
-    Each index's bits are spread over the high bits of R, G and B in turn, so neighbouring
-    indices differ strongly.
-    """
-    colours = np.zeros((num_classes, 3), np.uint8)
-    for index in range(num_classes):
-        code, rgb = index + 1, [0, 0, 0]
-        for bit in range(7, -1, -1):
-            for channel in range(3):
-                rgb[channel] |= ((code >> channel) & 1) << bit
-            code >>= 3
-        colours[index] = rgb
-    return colours
-
-
 def overlay(
     image: np.ndarray,
     mask: np.ndarray,
