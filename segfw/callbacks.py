@@ -17,7 +17,7 @@ from pytorch_lightning.trainer.states import TrainerFn
 from pytorch_lightning.utilities import rank_zero_only
 
 from segfw.errors import ConfigError
-from segfw.visualize import confusion_figure, default_palette, sample_strip, shrink
+from segfw.visualize import checkpoint_palette, confusion_figure, sample_strip, shrink
 
 log = logging.getLogger(__name__)
 
@@ -79,9 +79,7 @@ class ValidationSamples(pl.Callback):
             return
         start = time.perf_counter()
         hparams = pl_module.hparams
-        palette = np.asarray(
-            hparams.get("palette") or default_palette(len(hparams.class_names)), dtype=np.uint8
-        )
+        palette = checkpoint_palette(hparams)
         samples = self._fixed_samples(trainer) if self.num_samples else None
         if samples is not None:
             samples["prediction"] = self._predict(trainer, pl_module, samples["image"])

@@ -37,7 +37,7 @@ from torch.export import Dim
 from segfw.errors import ConfigError
 from segfw.models import get_backbone
 from segfw.module import SegmentationModule
-from segfw.visualize import default_palette
+from segfw.visualize import checkpoint_palette
 
 log = logging.getLogger(__name__)
 
@@ -119,10 +119,7 @@ def export(cfg: DictConfig) -> dict[str, Any]:
         "backbone": hparams.backbone["name"],
         "num_classes": hparams.num_classes,
         "class_names": list(hparams.class_names),
-        "palette": [
-            [int(c) for c in colour]
-            for colour in (hparams.get("palette") or default_palette(hparams.num_classes))
-        ],
+        "palette": checkpoint_palette(hparams).tolist(),
         "input": {
             "name": "images",
             # The traced cast to float accepts either; an ONNX graph input has one type.

@@ -35,7 +35,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from segfw.errors import ConfigError
 from segfw.inference import build_inference, labels_at
 from segfw.module import SegmentationModule
-from segfw.visualize import default_palette
+from segfw.visualize import checkpoint_palette
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
             f"{MAX_CLASSES}."
         )
     inference = build_inference(cfg.inference, module)
-    palette = np.asarray(hparams.get("palette") or default_palette(hparams.num_classes), np.uint8)
+    palette = checkpoint_palette(hparams)
     names = output_names(files, root)
 
     outputs: dict[str, list[str]] = {}

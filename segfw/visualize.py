@@ -3,7 +3,8 @@ confusion-matrix figures, drawn with numpy and Pillow (no plotting library neede
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -31,6 +32,15 @@ def default_palette(num_classes: int) -> np.ndarray:
                 colors[index, channel] |= ((value >> channel) & 1) << bit
             value >>= 3
     return colors
+
+
+def checkpoint_palette(hparams: Mapping[str, Any]) -> np.ndarray:
+    """The class colours a SegmentationModule was trained with (``data.palette``), or
+    :func:`default_palette` when its data had none; uint8 (num_classes, 3)."""
+    palette = hparams.get("palette")
+    if palette is None:
+        return default_palette(hparams["num_classes"])
+    return np.asarray(palette, dtype=np.uint8)
 
 
 def colorize(mask: np.ndarray, palette: np.ndarray) -> np.ndarray:
