@@ -3,8 +3,8 @@
 import hydra
 from omegaconf import DictConfig
 
-from segfw.cli import run_task
-from segfw.tasks import evaluate
+from segfw.commands.run import run_task
+from segfw.commands.tasks import evaluate
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")

@@ -6,7 +6,7 @@ import hydra
 from omegaconf import DictConfig
 
 from segfw.errors import ConfigError
-from segfw.export import export
+from segfw.inference.export import export
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="export")
@@ -14,7 +14,7 @@ def main(cfg: DictConfig) -> None:
     try:
         export(cfg)
     except ConfigError as error:
-        # Bad input ends the program with its message, not a traceback (as segfw.cli does).
+        # Bad input ends the program with its message, not a traceback (as segfw.commands.run does).
         logging.getLogger("segfw").error("%s", error)
         raise SystemExit(1) from None
 

@@ -5,8 +5,8 @@ import warnings
 import hydra
 from omegaconf import DictConfig
 
-from segfw.cli import run_task
-from segfw.tasks import train
+from segfw.commands.run import run_task
+from segfw.commands.tasks import train
 
 # conf/hydra/launcher/submitit_*.yaml share their names with the plugin's configs on purpose, so
 # that Hydra checks their keys against the plugin's schema; Hydra warns about that pairing.

@@ -38,13 +38,13 @@ from hydra import initialize_config_dir  # noqa: E402
 from omegaconf import OmegaConf, open_dict  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
-from segfw.optim import build_optimizer, build_scheduler  # noqa: E402
-from segfw.tasks import (  # noqa: E402
+from segfw.commands.tasks import (  # noqa: E402
     build_datamodule,
     build_evaluation_trainer,
     build_module,
     build_trainer,
 )
+from segfw.training.optim import build_optimizer, build_scheduler  # noqa: E402
 
 # Timed evaluation passes over the validation set in each variant.
 EVAL_PASSES = 3

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 
-from segfw.module import SegmentationModule
+from segfw.training.module import SegmentationModule
 
 CLASS_NAMES = ["background", "road", "car"]
 PALETTE = [[0, 0, 0], [128, 64, 128], [0, 0, 142]]

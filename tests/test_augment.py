@@ -6,11 +6,11 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from layouts import colour_mismatches, write_painted_folder
 
-from conftest import compose_config, tiny
+from helpers import compose_config, tiny
+from layouts import colour_mismatches, write_painted_folder
+from segfw.commands.tasks import build_datamodule
 from segfw.data.transforms import eval_transform, pad_collate
-from segfw.tasks import build_datamodule
 
 MODEL = {"height": 64, "width": 64}
 # Images larger and smaller than the 64 x 64 crop.

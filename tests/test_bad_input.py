@@ -6,9 +6,9 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import write_folder_dataset
+from helpers import write_folder_dataset
+from segfw.commands.tasks import build_datamodule, train
 from segfw.models import build_model
-from segfw.tasks import build_datamodule, train
 
 FOLDER = ["data=folder", "data.num_classes=3", "data.class_names=[a,b,c]", "data.batch_size=2"]
 

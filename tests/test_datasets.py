@@ -8,6 +8,9 @@ import os
 import numpy as np
 import pytest
 import torch
+from PIL import Image
+
+from helpers import compose_config, tiny
 from layouts import (
     CITYSCAPES_IDS,
     FOLDER_COLOURS,
@@ -21,11 +24,8 @@ from layouts import (
     write_colour_folder,
     write_voc,
 )
-from PIL import Image
-
-from conftest import compose_config, tiny
+from segfw.commands.tasks import build_datamodule, train
 from segfw.data.files import read_mask
-from segfw.tasks import build_datamodule, train
 
 FOLDER_COLOUR_ARGS = [
     "data=folder",

@@ -13,9 +13,9 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from conftest import compose_config, tiny
+from helpers import compose_config, tiny
+from segfw.commands.tasks import evaluate, train
 from segfw.errors import ConfigError
-from segfw.tasks import evaluate, train
 
 ROOT = Path(__file__).resolve().parents[1]
 

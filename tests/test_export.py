@@ -10,11 +10,11 @@ import numpy as np
 import onnxruntime
 import pytest
 import torch
-from checkpoints import CLASS_NAMES, PALETTE, save_checkpoint, tiny_module
 
-from conftest import compose_config
+from checkpoints import CLASS_NAMES, PALETTE, save_checkpoint, tiny_module
+from helpers import compose_config
 from segfw.errors import ConfigError
-from segfw.export import export
+from segfw.inference.export import export
 from segfw.models import ARCHITECTURES, get_backbone
 
 TOLERANCE = 1e-4
@@ -22,7 +22,7 @@ SECOND_SIZE = (96, 128)  # height, width: not the trained 64 x 64, not square
 # MobileNet v1 has the fewest operators of the backbones every architecture takes, and the ONNX
 # exporter's time grows with the operator count (about 10 s per network here).
 BACKBONE = "mobilenet"
-# Architectures whose ONNX graph holds at the trained size only (see segfw/export.py): PSPNet
+# Architectures whose ONNX graph holds at the trained size only (see segfw/inference/export.py): PSPNet
 # pools to grids of 2 x 2, 3 x 3 and 6 x 6 bins, which ONNX cannot express for a free size.
 FIXED_SIZE_IN_ONNX = {"pspnet"}
 
@@ -143,7 +143,7 @@ def test_torchscript_with_a_fixed_size_refuses_other_sizes(tmp_path):
     ("override", "message"),
     [
         ("format=tflite", r"format='tflite'.*onnx, torchscript"),
-        ("dynamic_size=true", r"dynamic_size=True: choose auto or false"),
+        ("dynamic_size=true", r"dynamic_size=True.*Choose one of: auto, false"),
     ],
 )
 def test_bad_settings_are_refused_before_exporting(tmp_path, override, message):

@@ -8,14 +8,14 @@ import json
 import cv2
 import pytest
 import torch
-from checkpoints import CLASS_NAMES, save_checkpoint, tiny_module
 from torch import nn
 
-from conftest import compose_config, write_folder_dataset
+from checkpoints import CLASS_NAMES, save_checkpoint, tiny_module
+from helpers import compose_config, write_folder_dataset
+from segfw.commands.tasks import evaluate
 from segfw.errors import ConfigError
-from segfw.inference import Inference, build_inference, labels_at, resize_logits
-from segfw.metrics import ConfusionMatrix, scores_from_confusion
-from segfw.tasks import evaluate
+from segfw.inference.modes import Inference, build_inference, labels_at, resize_logits
+from segfw.training.metrics import ConfusionMatrix, scores_from_confusion
 
 
 class PerPixel(nn.Module):

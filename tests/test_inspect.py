@@ -12,14 +12,14 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from layouts import save_mask, save_rgb, write_painted_folder
 from omegaconf import OmegaConf
 from PIL import Image
 
-from conftest import compose_config, tiny
+from helpers import compose_config, tiny
+from layouts import save_mask, save_rgb, write_painted_folder
+from segfw.commands.tasks import train
 from segfw.data.inspect import format_report, inspect
-from segfw.losses import build_loss, median_frequency_weights
-from segfw.tasks import train
+from segfw.training.losses import build_loss, median_frequency_weights
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZES = {"train": [(48, 64)] * 4, "val": [(48, 64)] * 2, "test": [(48, 64)] * 2}
@@ -160,5 +160,7 @@ def test_class_weights_auto_are_measured_before_training_and_kept_in_the_checkpo
 
 
 def test_class_weights_auto_outside_the_train_task_says_what_resolves_it():
-    with pytest.raises(ValueError, match=r"loss.class_weights='auto'.*segfw.tasks.train resolves"):
+    with pytest.raises(
+        ValueError, match=r"loss.class_weights='auto'.*segfw.commands.tasks.train resolves"
+    ):
         build_loss({"name": "ce", "class_weights": "auto"}, 3, 255)

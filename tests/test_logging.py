@@ -25,12 +25,12 @@ from pytorch_lightning.callbacks import RichProgressBar
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 
-from conftest import CONF, compose_config, tiny
-from segfw.callbacks import ProgressBar
+from helpers import CONF, compose_config, tiny
+from segfw.commands.tasks import build_datamodule, build_module, train
 from segfw.errors import ConfigError
-from segfw.loggers import closing_wandb_run, wandb_logger
-from segfw.module import SegmentationModule
-from segfw.tasks import build_datamodule, build_module, train
+from segfw.training.callbacks import ProgressBar
+from segfw.training.loggers import closing_wandb_run, wandb_logger
+from segfw.training.module import SegmentationModule
 from segfw.visualize import GAP, colorize
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from segfw.losses import LOSSES, build_loss
+from segfw.training.losses import LOSSES, build_loss
 
 IGNORE = 255
 

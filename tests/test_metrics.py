@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from segfw.metrics import ConfusionMatrix, scores_from_confusion
+from segfw.training.metrics import ConfusionMatrix, scores_from_confusion
 
 IGNORE = 255
 NAMES = ["background", "cat", "dog"]

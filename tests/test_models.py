@@ -21,7 +21,7 @@ import torchvision
 from omegaconf import OmegaConf
 from torch import nn
 
-from conftest import CONF, TINY, TINY_SHAPES
+from helpers import CONF, TINY, TINY_SHAPES
 from segfw.models import ARCHITECTURES, BACKBONES, build_model, get_backbone
 from segfw.models.encoders import build_encoder, dilate
 from segfw.models.segnet import IndexedMaxPool2d, MaxUnpool
@@ -274,15 +274,15 @@ def test_pspnet_auxiliary_head_adds_a_weighted_loss_term_only_when_asked():
 @pytest.mark.parametrize(
     ("name", "arguments", "message"),
     [
-        ("deeplabv3plus", {"output_stride": 4}, r"model.output_stride=4 .*Choose one of 8, 16"),
-        ("pspnet", {"down_sample_factor": 32}, r"down_sample_factor=32 .*Choose one of 4, 8, 16"),
+        ("deeplabv3plus", {"output_stride": 4}, r"model.output_stride=4 .*Choose one of: 8, 16"),
+        ("pspnet", {"down_sample_factor": 32}, r"down_sample_factor=32 .*Choose one of: 4, 8, 16"),
         ("pspnet", {"aux_weight": -1}, r"model.aux_weight=-1 .*>= 0"),
-        ("segnet", {"num_upsample_layers": 6}, r"num_upsample_layers=6 .*Choose one of 2, 3, 4, 5"),
+        ("segnet", {"num_upsample_layers": 6}, r"num_upsample_layers=6 .*Choose one of: 2, 3, 4, 5"),
         ("segnet", {"num_upsample_layers": True}, r"num_upsample_layers=True .*2, 3, 4, 5"),
         ("unetpp", {"num_upsample_layers": 6}, r"num_upsample_layers=6 .*1, 2, 3, 4, 5"),
         ("unetpp", {"filters": [64, 128]}, r"model.filters=\[64, 128\] .*at least 3 entries"),
         ("unetpp", {"filters": [64, 0, 256]}, r"model.filters=\[64, 0, 256\].*positive"),
-        ("unetpp", {"prune_level": 4}, r"model.prune_level=4 .*Choose one of 1, 2, 3"),
+        ("unetpp", {"prune_level": 4}, r"model.prune_level=4 .*Choose one of: 1, 2, 3"),
         (
             "unetpp",
             {"prune_level": 1, "deep_supervision": False},

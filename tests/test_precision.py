@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from segfw import tasks
-from segfw.module import SegmentationModule
-from segfw.tasks import build_datamodule, build_module, train
+from segfw.commands.tasks import build_datamodule, build_module, train
+from segfw.training.module import SegmentationModule
 
 FAST = "++trainer.fast_dev_run=true"
 

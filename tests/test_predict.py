@@ -12,12 +12,12 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from checkpoints import PALETTE, save_checkpoint, tiny_module
 from PIL import Image
 
-from conftest import compose_config
+from checkpoints import PALETTE, save_checkpoint, tiny_module
+from helpers import compose_config
 from segfw.errors import ConfigError
-from segfw.predict import predict
+from segfw.inference.predict import predict
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -12,10 +12,10 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import OmegaConf
 
-from conftest import compose_config, tiny
+from helpers import compose_config, tiny
 from segfw import tasks
 from segfw.errors import ConfigError
-from segfw.resume import RandomState
+from segfw.training.resume import RandomState
 
 # Two epochs of four steps at 32 px; flips and a random rescale make the weights depend on the
 # random state.

@@ -13,7 +13,7 @@ import optuna
 import pytest
 from omegaconf import OmegaConf
 
-from conftest import tiny
+from helpers import tiny
 
 ROOT = Path(__file__).resolve().parents[1]
 

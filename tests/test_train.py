@@ -13,10 +13,10 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from conftest import compose_config, tiny
+from helpers import compose_config, tiny
+from segfw.commands.tasks import build_datamodule, build_module, build_trainer, evaluate, train
 from segfw.errors import NonFiniteLossError
-from segfw.module import SegmentationModule
-from segfw.tasks import build_datamodule, build_module, build_trainer, evaluate, train
+from segfw.training.module import SegmentationModule
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -25,7 +25,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from segfw.data.dataset import SampleSource, label_histogram
 from segfw.data.files import FilePairs
-from segfw.data.problems import DataProblem, Problem
+from segfw.data.problems import Problem
+from segfw.errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,7 @@ def header_problems(source: SampleSource) -> list[Problem]:
     for index in range(len(source)):
         try:
             source.check_header(index)
-        except DataProblem as error:
+        except DataError as error:
             problems.append(Problem.of(error))
     return problems
 
@@ -91,7 +92,7 @@ class _ScanItems(Dataset):
                 mask = self.source.load_mask(index)
             name = self.source.name(index)
             return label_histogram(mask, self.num_classes, self.ignore_index, name), mask.shape
-        except DataProblem as error:
+        except DataError as error:
             return Problem.of(error)
 
 

@@ -13,13 +13,13 @@ import torch
 from pytorch_lightning.accelerators import CUDAAccelerator
 from torch.utils.data import DataLoader
 
-from segfw.choices import check_arguments
+from segfw.choices import check_arguments, choose
 from segfw.data.check import CHECKS, SplitScan, header_problems, scan
 from segfw.data.dataset import DataSpec, SampleSource, SegmentationDataset
 from segfw.data.files import FilePairs
 from segfw.data.formats import open_split
 from segfw.data.problems import summary
-from segfw.data.transforms import EVAL_MODES, eval_transform, pad_collate, train_transform
+from segfw.data.transforms import eval_transform, pad_collate, train_transform
 from segfw.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -107,12 +107,7 @@ class SegmentationDataModule(pl.LightningDataModule):
             raise ConfigError(f"data.pin_memory={pin_memory!r}: give auto, true or false.")
         if prefetch_factor < 1:
             raise ConfigError(f"data.prefetch_factor={prefetch_factor} must be >= 1.")
-        if eval_mode not in EVAL_MODES:
-            raise ConfigError(
-                f"Unknown data.eval_mode={eval_mode!r}. Choose one of: {', '.join(EVAL_MODES)}."
-            )
-        if check not in CHECKS:
-            raise ConfigError(f"Unknown data.check={check!r}. Choose one of: {', '.join(CHECKS)}.")
+        choose(CHECKS, check, "data.check")
         augment = dict(augment or {})
         check_arguments(train_transform, augment, "data.augment", skip=3)
         self.save_hyperparameters()

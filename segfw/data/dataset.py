@@ -10,7 +10,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from segfw.data.problems import UNKNOWN_LABELS, DataProblem
+from segfw.data.problems import UNKNOWN_LABELS
+from segfw.errors import DataError
 
 
 @dataclass(frozen=True)
@@ -95,14 +96,14 @@ def label_histogram(mask: np.ndarray, num_classes: int, ignore_index: int, name:
     """Pixels per mask value (256 bins), after checking every value is a class or ignore_index.
 
     Raises:
-        DataProblem: the mask holds other values; the message names the sample.
+        DataError: the mask holds other values; the message names the sample.
     """
     # A bincount of 256 bins is the cheapest exact test of which values occur.
     histogram = np.bincount(mask.ravel(), minlength=256)
     present = np.flatnonzero(histogram)
     bad = [int(v) for v in present if v >= num_classes and v != ignore_index]
     if bad:
-        raise DataProblem(
+        raise DataError(
             f"Mask {name} holds values {bad}, outside the classes 0..{num_classes - 1} and "
             f"ignore_index={ignore_index}. Fix the mask, or set data.num_classes / "
             f"data.ignore_index to match your labels.",

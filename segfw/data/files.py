@@ -22,10 +22,9 @@ from segfw.data.problems import (
     SIZE_MISMATCH,
     UNKNOWN_LABELS,
     UNREADABLE,
-    DataProblem,
     Problem,
 )
-from segfw.errors import ConfigError
+from segfw.errors import ConfigError, DataError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
@@ -79,7 +78,7 @@ class LabelIdMasks(IndexMasks):
         present = np.bincount(pixels.ravel(), minlength=256) > 0
         unknown = np.flatnonzero(present & ~self.known)
         if unknown.size:
-            raise DataProblem(
+            raise DataError(
                 f"Mask {path} holds label ids {unknown.tolist()[:10]}, which the dataset does not "
                 f"define ({self.defined}). Expected {self.expected}.",
                 UNKNOWN_LABELS,
@@ -133,7 +132,7 @@ class ColourMasks:
         if not found.all():
             strange = np.unique(packed[~found])
             shown = ", ".join(str(_unpack(int(k))) for k in strange[:5])
-            raise DataProblem(
+            raise DataError(
                 f"Mask {path} holds {strange.size} colour(s) that data.mask_colors and "
                 f"data.ignore_colors do not list: {shown} (RGB), at {int((~found).sum())} "
                 f"pixel(s). Add each colour to data.mask_colors (a class) or data.ignore_colors, "
@@ -159,7 +158,7 @@ def read_image(path: Path) -> np.ndarray:
     """
     image = cv2.imread(str(path), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
     if image is None:
-        raise DataProblem(_unreadable_image(path), UNREADABLE)
+        raise DataError(_unreadable_image(path), UNREADABLE)
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
@@ -170,7 +169,7 @@ def read_mask(path: Path, masks: MaskFormat) -> np.ndarray:
             _check_mode(image, path, masks)
             pixels = np.asarray(image.convert("RGB") if masks.colour else image)
     except OSError:  # PIL's UnidentifiedImageError and truncated files are OSErrors
-        raise DataProblem(_unreadable_mask(path), UNREADABLE) from None
+        raise DataError(_unreadable_mask(path), UNREADABLE) from None
     return masks.decode(pixels, path)
 
 
@@ -178,23 +177,21 @@ def check_header(image_path: Path, mask_path: Path, masks: MaskFormat) -> None:
     """Checks a pair from the file headers alone (a few KB): readable, same size, mask mode.
 
     Raises:
-        DataProblem: naming the file at fault.
+        DataError: naming the file at fault.
     """
     try:
         with Image.open(image_path) as image:
             image_size = image.size
     except OSError:
-        raise DataProblem(_unreadable_image(image_path), UNREADABLE) from None
+        raise DataError(_unreadable_image(image_path), UNREADABLE) from None
     try:
         with Image.open(mask_path) as mask:
             _check_mode(mask, mask_path, masks)
             mask_size = mask.size
     except OSError:
-        raise DataProblem(_unreadable_mask(mask_path), UNREADABLE) from None
+        raise DataError(_unreadable_mask(mask_path), UNREADABLE) from None
     if image_size != mask_size:
-        raise DataProblem(
-            _size_mismatch(image_path, image_size, mask_path, mask_size), SIZE_MISMATCH
-        )
+        raise DataError(_size_mismatch(image_path, image_size, mask_path, mask_size), SIZE_MISMATCH)
 
 
 def _check_mode(image: Image.Image, path: Path, masks: MaskFormat) -> None:
@@ -202,7 +199,7 @@ def _check_mode(image: Image.Image, path: Path, masks: MaskFormat) -> None:
         hint = ""
         if not masks.colour and image.mode in ("RGB", "RGBA"):
             hint = " For colour-coded masks of data=folder, list the colours in data.mask_colors."
-        raise DataProblem(
+        raise DataError(
             f"Mask {path} is a PIL mode {image.mode!r} image; expected {masks.expected}.{hint}",
             MASK_FORMAT,
         )
@@ -256,7 +253,7 @@ class FilePairs:
         image = read_image(image_path)
         mask = read_mask(mask_path, self.masks)
         if image.shape[:2] != mask.shape:
-            raise DataProblem(
+            raise DataError(
                 _size_mismatch(image_path, image.shape[1::-1], mask_path, mask.shape[::-1]),
                 SIZE_MISMATCH,
             )

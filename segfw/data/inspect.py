@@ -22,14 +22,14 @@ import hydra
 import numpy as np
 from omegaconf import DictConfig
 
+from segfw.commands.tasks import build_datamodule
 from segfw.data.check import scan
 from segfw.data.datamodule import SegmentationDataModule
 from segfw.data.dataset import SampleSource
 from segfw.data.files import FilePairs
 from segfw.data.preview import grid
-from segfw.data.problems import KINDS, DataProblem, Problem
-from segfw.errors import ConfigError
-from segfw.tasks import build_datamodule
+from segfw.data.problems import KINDS, Problem
+from segfw.errors import ConfigError, DataError
 from segfw.visualize import default_palette
 
 log = logging.getLogger("segfw.inspect")
@@ -112,7 +112,7 @@ def _preview(
     for index in np.unique(np.linspace(0, len(source) - 1, count).round().astype(int)):
         try:
             image, mask = source.load(int(index))
-        except DataProblem as error:
+        except DataError as error:
             if str(error) in bad:  # reported already
                 continue
             raise

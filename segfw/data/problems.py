@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from segfw.errors import ConfigError
+from segfw.errors import DataError
 
 # The kinds of problem, in the order the inspect report lists them.
 MISSING_PAIR = "missing pair"
@@ -20,18 +20,6 @@ UNKNOWN_LABELS = "unknown label values"
 KINDS = (MISSING_PAIR, UNREADABLE, SIZE_MISMATCH, MASK_FORMAT, UNKNOWN_LABELS)
 
 
-class DataProblem(ConfigError):
-    """One file is unusable; the message names it and says what was expected.
-
-    The message is the only positional argument, so that a DataLoader worker can re-raise the
-    error in the main process as the same type.
-    """
-
-    def __init__(self, message: str, kind: str = UNREADABLE) -> None:
-        super().__init__(message)
-        self.kind = kind
-
-
 @dataclass(frozen=True)
 class Problem:
     """A problem found without raising, for reports and summaries."""
@@ -40,7 +28,7 @@ class Problem:
     message: str
 
     @classmethod
-    def of(cls, error: DataProblem) -> Problem:
+    def of(cls, error: DataError) -> Problem:
         return cls(error.kind, str(error))
 
 

@@ -16,6 +16,7 @@ import albumentations as A
 import cv2
 import torch
 
+from segfw.choices import choose
 from segfw.errors import ConfigError
 
 EVAL_MODES = ("fit", "whole")
@@ -130,10 +131,7 @@ def eval_transform(height: int, width: int, ignore_index: int, mode: str = "fit"
     Raises:
         ConfigError: unknown mode.
     """
-    if mode not in EVAL_MODES:
-        raise ConfigError(
-            f"Unknown data.eval_mode={mode!r}. Choose one of: {', '.join(EVAL_MODES)}."
-        )
+    choose(EVAL_MODES, mode, "data.eval_mode")
     if mode == "whole":
         return A.Compose([])
     return A.Compose(

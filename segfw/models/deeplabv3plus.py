@@ -8,9 +8,9 @@ import torch.nn.functional as F
 from segmentation_models_pytorch.decoders.deeplabv3.decoder import DeepLabV3PlusDecoder
 from torch import nn
 
+from segfw.choices import choose
 from segfw.models.backbones import Backbone
 from segfw.models.base import SegmentationNetwork
-from segfw.models.blocks import check_choice
 from segfw.models.encoders import MAX_DEPTH, build_encoder, dilate
 
 # The ASPP's atrous rates scale inversely with the output stride (the paper: 6/12/18 at 16).
@@ -32,10 +32,10 @@ class DeepLabV3Plus(SegmentationNetwork):
 
     def __init__(self, backbone: Backbone, num_classes: int, output_stride: int = 8) -> None:
         super().__init__()
-        check_choice(
-            "output_stride",
-            output_stride,
+        choose(
             ATROUS_RATES,
+            output_stride,
+            "model.output_stride",
             "DeepLabv3+ defines its atrous rates and its x4 / x2 decoder up-sampling for these "
             "output strides",
         )

@@ -8,10 +8,11 @@ import torch.nn.functional as F
 from segmentation_models_pytorch.decoders.pspnet.decoder import PSPModule
 from torch import nn
 
+from segfw.choices import choose
 from segfw.errors import ConfigError
 from segfw.models.backbones import Backbone
 from segfw.models.base import SegmentationNetwork, TrainingOutputs
-from segfw.models.blocks import ConvBNReLU, check_choice
+from segfw.models.blocks import ConvBNReLU
 from segfw.models.encoders import build_encoder, dilate
 
 DOWN_SAMPLE_FACTORS = (4, 8, 16)  # the original library's; the encoder is dilated to any of them
@@ -44,10 +45,10 @@ class PSPNet(SegmentationNetwork):
         aux_weight: float = 0.4,
     ) -> None:
         super().__init__()
-        check_choice(
-            "down_sample_factor",
-            down_sample_factor,
+        choose(
             DOWN_SAMPLE_FACTORS,
+            down_sample_factor,
+            "model.down_sample_factor",
             "segfw dilates PSPNet's encoder to the strides of the original library; 32 would "
             "pool the pyramid over 1/32-resolution features",
         )

@@ -8,9 +8,10 @@ import torch.nn.functional as F
 from segmentation_models_pytorch.encoders.vgg import VGGEncoder
 from torch import nn
 
+from segfw.choices import choose
 from segfw.models.backbones import Backbone
 from segfw.models.base import SegmentationNetwork
-from segfw.models.blocks import ConvBNReLU, check_choice
+from segfw.models.blocks import ConvBNReLU
 from segfw.models.encoders import MAX_DEPTH, Layer, build_encoder, trace_layers
 
 UPSAMPLE_LAYERS = range(2, MAX_DEPTH + 1)  # the original library's 2..5
@@ -83,10 +84,10 @@ class SegNet(SegmentationNetwork):
 
     def __init__(self, backbone: Backbone, num_classes: int, num_upsample_layers: int = 3) -> None:
         super().__init__()
-        check_choice(
-            "num_upsample_layers",
-            num_upsample_layers,
+        choose(
             UPSAMPLE_LAYERS,
+            num_upsample_layers,
+            "model.num_upsample_layers",
             "SegNet's decoder undoes that many of the encoder's five halvings",
         )
         depth = num_upsample_layers

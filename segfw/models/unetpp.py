@@ -9,10 +9,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from segfw.choices import choose
 from segfw.errors import ConfigError
 from segfw.models.backbones import Backbone
 from segfw.models.base import SegmentationNetwork, TrainingOutputs
-from segfw.models.blocks import ConvBNReLU, check_choice
+from segfw.models.blocks import ConvBNReLU
 from segfw.models.encoders import MAX_DEPTH, build_encoder, level_zero_is_image
 
 UPSAMPLE_LAYERS = range(1, MAX_DEPTH + 1)
@@ -54,10 +55,10 @@ class UnetPlusPlus(SegmentationNetwork):
         prune_level: int | None = None,
     ) -> None:
         super().__init__()
-        check_choice(
-            "num_upsample_layers",
-            num_upsample_layers,
+        choose(
             UPSAMPLE_LAYERS,
+            num_upsample_layers,
+            "model.num_upsample_layers",
             "UNet++ nests decoders over at most the encoder's five levels",
         )
         depth = num_upsample_layers
@@ -71,10 +72,10 @@ class UnetPlusPlus(SegmentationNetwork):
                     f"then is there a head at each level to predict with. Set "
                     f"model.prune_level=null, or model.deep_supervision=true."
                 )
-            check_choice(
-                "prune_level",
-                prune_level,
+            choose(
                 range(1, depth + 1),
+                prune_level,
+                "model.prune_level",
                 f"with num_upsample_layers={depth} there are heads 1 to {depth} (or null: all)",
             )
         self.depth, self.deep_supervision, self.prune_level = depth, deep_supervision, prune_level

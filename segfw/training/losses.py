@@ -65,7 +65,7 @@ def _class_weights(weights: Sequence[float] | str | None, num_classes: int) -> t
     if isinstance(weights, str):
         raise ConfigError(
             f"loss.class_weights={weights!r}: give one number per class, or auto, which "
-            f"segfw.tasks.train resolves from the training masks before building the model."
+            f"segfw.commands.tasks.train resolves from the training masks before building the model."
         )
     if len(weights) != num_classes or min(weights) < 0:
         raise ConfigError(

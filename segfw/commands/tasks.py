@@ -14,16 +14,17 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.utilities import rank_zero_only
 
-from segfw.callbacks import ProgressBar
+from segfw.choices import choose
 from segfw.data import SegmentationDataModule
-from segfw.distributed import SameRunDir, check_launch
 from segfw.errors import ConfigError
-from segfw.inference import build_inference, full_resolution_loader
-from segfw.loggers import closing_wandb_run
-from segfw.losses import median_frequency_weights
-from segfw.module import SegmentationModule
-from segfw.resume import RandomState, resolve_ckpt_path
-from segfw.run_info import log_run_info
+from segfw.inference.modes import build_inference, full_resolution_loader
+from segfw.training.callbacks import ProgressBar
+from segfw.training.distributed import SameRunDir, check_launch
+from segfw.training.loggers import closing_wandb_run
+from segfw.training.losses import median_frequency_weights
+from segfw.training.module import SegmentationModule
+from segfw.training.resume import RandomState, resolve_ckpt_path
+from segfw.training.run_info import log_run_info
 
 log = logging.getLogger(__name__)
 
@@ -99,8 +100,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         raise ConfigError(
             f"ckpt_path={str(path)!r} is not a file; pass a .ckpt written by train.py."
         )
-    if cfg.split not in ("val", "test"):
-        raise ConfigError(f"split={cfg.split!r}: choose val or test.")
+    choose(("val", "test"), cfg.split, "split")
     module = SegmentationModule.load_from_checkpoint(path, map_location="cpu")
     # With an inference mode, images and labels load unresized: scores at the labels' resolution.
     inference = cfg.get("inference")

@@ -10,10 +10,10 @@ import torch
 from torch import nn
 
 from segfw.errors import NonFiniteLossError
-from segfw.losses import build_loss
-from segfw.metrics import ConfusionMatrix, scores_from_confusion
 from segfw.models import build_model, get_backbone
-from segfw.optim import build_optimizer, build_scheduler
+from segfw.training.losses import build_loss
+from segfw.training.metrics import ConfusionMatrix, scores_from_confusion
+from segfw.training.optim import build_optimizer, build_scheduler
 
 STAGES = ("train", "val", "test")
 
@@ -74,9 +74,9 @@ class SegmentationModule(pl.LightningModule):
         self.confusion = nn.ModuleDict(
             {stage: ConfusionMatrix(num_classes, ignore_index) for stage in metric_stages}
         )
-        # Each stage's matrix of its latest epoch, for callbacks that draw it (segfw.callbacks).
+        # Each stage's matrix of its latest epoch, for callbacks that draw it (segfw.training.callbacks).
         self.last_confusion: dict[str, torch.Tensor] = {}
-        # Set by evaluate to score with an inference mode (segfw.inference: sliding window,
+        # Set by evaluate to score with an inference mode (segfw.inference.modes: sliding window,
         # test-time augmentation) at the labels' resolution; None: one forward pass per batch.
         self.inference: Callable[[nn.Module, torch.Tensor], torch.Tensor] | None = None
         # Count of non-finite losses, kept on the device and read only every log interval, so the

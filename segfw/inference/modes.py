@@ -32,10 +32,10 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
-from segfw.choices import check_arguments
+from segfw.choices import check_arguments, choose
 from segfw.data import SegmentationDataModule
 from segfw.errors import ConfigError
-from segfw.module import SegmentationModule
+from segfw.training.module import SegmentationModule
 
 MODES = ("whole", "slide")
 RESIZES = ("shrink", "fit", "none")
@@ -80,14 +80,8 @@ class Inference:
         scales: Sequence[float] = (1.0,),
         batch_size: int = 8,
     ) -> None:
-        if mode not in MODES:
-            raise ConfigError(
-                f"Unknown inference.mode={mode!r}. Choose one of: {', '.join(MODES)}."
-            )
-        if resize not in RESIZES:
-            raise ConfigError(
-                f"Unknown inference.resize={resize!r}. Choose one of: {', '.join(RESIZES)}."
-            )
+        choose(MODES, mode, "inference.mode")
+        choose(RESIZES, resize, "inference.resize")
         self.mode = mode
         self.height, self.width, self.divisor = height, width, divisor
         self.resize = resize

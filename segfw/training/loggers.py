@@ -22,6 +22,7 @@ from pytorch_lightning.loggers import WandbLogger
 from pytorch_lightning.loggers.csv_logs import ExperimentWriter
 from pytorch_lightning.utilities import rank_zero_only
 
+from segfw.choices import choose
 from segfw.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -128,8 +129,8 @@ def _choose_mode(mode: str | None) -> str:
         mode, source = os.environ["WANDB_MODE"], "WANDB_MODE"
     if mode == "dryrun":  # wandb's old name for offline, still accepted in WANDB_MODE
         mode = "offline"
-    if mode is not None and mode not in MODES:
-        raise ConfigError(f"{source}={mode!r}: choose one of {', '.join(MODES)}, or null (auto).")
+    if mode is not None:
+        choose(MODES, mode, source, "null chooses online or offline by the credentials found")
     if mode == "offline":
         log.info(
             "wandb: OFFLINE (%s=offline): the run is written under <run dir>/wandb/; upload it "

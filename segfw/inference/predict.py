@@ -33,8 +33,8 @@ from PIL import Image
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from segfw.errors import ConfigError
-from segfw.inference import build_inference, labels_at
-from segfw.module import SegmentationModule
+from segfw.inference.modes import build_inference, labels_at
+from segfw.training.module import SegmentationModule
 from segfw.visualize import checkpoint_palette
 
 log = logging.getLogger(__name__)

@@ -34,9 +34,10 @@ from omegaconf import DictConfig
 from torch import nn
 from torch.export import Dim
 
+from segfw.choices import choose
 from segfw.errors import ConfigError
 from segfw.models import get_backbone
-from segfw.module import SegmentationModule
+from segfw.training.module import SegmentationModule
 from segfw.visualize import checkpoint_palette
 
 log = logging.getLogger(__name__)
@@ -98,10 +99,8 @@ def export(cfg: DictConfig) -> dict[str, Any]:
         raise ConfigError(
             f"ckpt_path={str(checkpoint)!r} is not a file; pass a .ckpt written by train.py."
         )
-    if cfg.format not in SUFFIXES:
-        raise ConfigError(f"Unknown format={cfg.format!r}. Choose one of: {', '.join(SUFFIXES)}.")
-    if cfg.dynamic_size not in DYNAMIC_SIZES:
-        raise ConfigError(f"dynamic_size={cfg.dynamic_size!r}: choose auto or false.")
+    choose(SUFFIXES, cfg.format, "format")
+    choose(DYNAMIC_SIZES, cfg.dynamic_size, "dynamic_size")
     module = SegmentationModule.load_from_checkpoint(checkpoint, map_location="cpu").eval()
     hparams = module.hparams
     network = Deployable(module).eval()

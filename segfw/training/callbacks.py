@@ -31,7 +31,7 @@ class ValidationSamples(pl.Callback):
     ``num_samples`` images at the end of a validation epoch; nothing happens per step, during the
     sanity check, outside ``fit``, or when no TensorBoard or wandb logger is attached.
 
-    Works with :class:`segfw.module.SegmentationModule`: it reads the ``class_names``,
+    Works with :class:`segfw.training.module.SegmentationModule`: it reads the ``class_names``,
     ``palette`` and ``ignore_index`` hyperparameters and the ``last_confusion`` matrices.
 
     TensorBoard tags: ``val/samples/<dataset index>`` (image | ground truth | prediction, masks in
