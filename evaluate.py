@@ -3,13 +3,13 @@
 import hydra
 from omegaconf import DictConfig
 
-from segfw.commands.run import run_task
-from segfw.commands.tasks import evaluate
+from segfw.commands.evaluate import evaluate
+from segfw.commands.run import run_command
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")
 def main(cfg: DictConfig) -> None:
-    run_task(evaluate, cfg)
+    run_command(evaluate, cfg)
 
 
 if __name__ == "__main__":

@@ -1,22 +1,15 @@
 """Predict masks for images.  python predict.py ckpt_path=PATH input=DIR_OR_FILE output=DIR"""
 
-import logging
-
 import hydra
 from omegaconf import DictConfig
 
-from segfw.errors import ConfigError
-from segfw.inference.predict import predict
+from segfw.commands.predict import predict
+from segfw.commands.run import run_command
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="predict")
 def main(cfg: DictConfig) -> None:
-    try:
-        predict(cfg)
-    except ConfigError as error:
-        # Bad input ends the program with its message, not a traceback (as segfw.commands.run does).
-        logging.getLogger("segfw").error("%s", error)
-        raise SystemExit(1) from None
+    run_command(predict, cfg)
 
 
 if __name__ == "__main__":

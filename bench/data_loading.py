@@ -36,7 +36,7 @@ import torch  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 from omegaconf import OmegaConf, open_dict  # noqa: E402
 
-from segfw.commands.tasks import build_datamodule, build_module  # noqa: E402
+from segfw.commands.config import build_datamodule, build_module  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -4,7 +4,7 @@ TorchScript), same network, weights, batch and threads.
     python bench/export_speed.py                                  # UNet on MobileNetV2, 256 px
     python bench/export_speed.py --model deeplabv3plus --backbone resnet50 --size 512 --batch 1
 
-Exports a randomly initialized network with ``segfw.inference.export`` (random weights cost the same time
+Exports a randomly initialized network with ``segfw.deploy.export`` (random weights cost the same time
 as trained ones), then times forward passes of each runtime in rounds that alternate the
 runtimes, so that drifting machine load hits them alike, and reports the median images/s of the
 rounds. Eager PyTorch runs the LightningModule's forward under ``torch.inference_mode``.
@@ -31,7 +31,7 @@ import pytorch_lightning as pl  # noqa: E402
 import torch  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
-from segfw.inference.export import export  # noqa: E402
+from segfw.deploy.export import export  # noqa: E402
 from segfw.training.module import SegmentationModule  # noqa: E402
 
 RUNTIMES = ("pytorch", "onnxruntime", "torchscript")

@@ -38,7 +38,7 @@ from hydra import initialize_config_dir  # noqa: E402
 from omegaconf import OmegaConf, open_dict  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
-from segfw.commands.tasks import (  # noqa: E402
+from segfw.commands.config import (  # noqa: E402
     build_datamodule,
     build_evaluation_trainer,
     build_module,

@@ -15,6 +15,7 @@ TINY = [
     "model.height=64",
     "model.width=64",
     "backbone=mobilenetv2",
+    "backbone.weights=null",  # no network in tests; real datasets default to imagenet
     "data.batch_size=8",
     "data.num_workers=0",
     "trainer.accelerator=cpu",

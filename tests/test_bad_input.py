@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from helpers import write_folder_dataset
-from segfw.commands.tasks import build_datamodule, train
+from segfw.commands.config import build_datamodule
+from segfw.commands.train import train
 from segfw.models import build_model
 
 FOLDER = ["data=folder", "data.num_classes=3", "data.class_names=[a,b,c]", "data.batch_size=2"]

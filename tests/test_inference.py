@@ -8,11 +8,12 @@ import json
 import cv2
 import pytest
 import torch
+from omegaconf import OmegaConf
 from torch import nn
 
 from checkpoints import CLASS_NAMES, save_checkpoint, tiny_module
 from helpers import compose_config, write_folder_dataset
-from segfw.commands.tasks import evaluate
+from segfw.commands.evaluate import evaluate
 from segfw.errors import ConfigError
 from segfw.inference.modes import Inference, build_inference, labels_at, resize_logits
 from segfw.training.metrics import ConfusionMatrix, scores_from_confusion
@@ -174,7 +175,7 @@ def test_labels_at_equals_resized_logits_argmax_band_by_band():
 )
 def test_bad_settings_name_the_key_and_what_is_allowed(unet, settings, message):
     with pytest.raises(ConfigError, match=message):
-        build_inference(settings, unet)
+        build_inference(settings, 64, 64, unet.net.input_divisor)
 
 
 def test_evaluate_scores_each_image_at_its_labels_resolution(tmp_path):
@@ -197,7 +198,8 @@ def test_evaluate_scores_each_image_at_its_labels_resolution(tmp_path):
     )
     scores = evaluate(cfg)
 
-    inference = build_inference(cfg.inference, module)
+    settings = OmegaConf.to_container(cfg.inference, resolve=True)
+    inference = build_inference(settings, 64, 64, module.net.input_divisor)
     confusion = ConfusionMatrix(3, 255)
     with torch.no_grad():
         for path in sorted((root / "images" / "test").iterdir()):

@@ -17,8 +17,9 @@ from PIL import Image
 
 from helpers import compose_config, tiny
 from layouts import save_mask, save_rgb, write_painted_folder
-from segfw.commands.tasks import train
-from segfw.data.inspect import format_report, inspect
+from segfw.commands.inspect import inspect
+from segfw.commands.train import train
+from segfw.data.survey import format_report
 from segfw.training.losses import build_loss, median_frequency_weights
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -161,6 +162,6 @@ def test_class_weights_auto_are_measured_before_training_and_kept_in_the_checkpo
 
 def test_class_weights_auto_outside_the_train_task_says_what_resolves_it():
     with pytest.raises(
-        ValueError, match=r"loss.class_weights='auto'.*segfw.commands.tasks.train resolves"
+        ValueError, match=r"loss.class_weights='auto'.*train.py \(and segfw.train\) resolve"
     ):
         build_loss({"name": "ce", "class_weights": "auto"}, 3, 255)

@@ -8,8 +8,9 @@ import math
 import pytest
 import torch
 
-from segfw import tasks
-from segfw.commands.tasks import build_datamodule, build_module, train
+from segfw.commands import train as tasks
+from segfw.commands.config import build_datamodule, build_module
+from segfw.commands.train import train
 from segfw.training.module import SegmentationModule
 
 FAST = "++trainer.fast_dev_run=true"

@@ -16,8 +16,8 @@ from PIL import Image
 
 from checkpoints import PALETTE, save_checkpoint, tiny_module
 from helpers import compose_config
+from segfw.commands.predict import predict
 from segfw.errors import ConfigError
-from segfw.inference.predict import predict
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -1,39 +1,68 @@
-"""What the command-line entry points share: error reporting and the closing summary."""
+"""What every command shares: one message and a non-zero exit for a fault, metrics written out."""
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 from collections.abc import Callable
-from typing import Any
+from pathlib import Path
+from typing import Any, TypeVar
 
-from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
 from omegaconf import DictConfig
+from omegaconf.errors import OmegaConfBaseException
 
-from segfw.errors import ConfigError, NonFiniteLossError
+from segfw.commands.config import in_sweep
+from segfw.errors import SegfwError
 
 log = logging.getLogger("segfw")
 
+T = TypeVar("T")
 
-def run_task(task: Callable[[DictConfig], dict[str, Any]], cfg: DictConfig) -> dict[str, Any]:
-    """Runs a task; bad input ends the program with its message instead of a traceback.
+# How a DataLoader worker's exception reaches the main process: its traceback as text, then the
+# exception's own message (torch.utils.data._utils.ExceptionWrapper).
+WORKER_TRACEBACK = "Original Traceback (most recent call last):"
+
+
+def run_command(command: Callable[[DictConfig], T], cfg: DictConfig) -> T:
+    """Runs a command; a fault segfw can name (or a config Hydra could not resolve) ends the
+    program with one message and exit code 1 instead of a traceback.
 
     In a ``-m`` sweep a failing job raises instead, after logging its traceback into the job's own
     log: Hydra records an exception as that job's failure and goes on with the next job (the Optuna
     sweeper marks the trial failed), where SystemExit would end the whole sweep.
     """
     try:
-        metrics = task(cfg)
+        return command(cfg)
     except Exception as error:
-        if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        if in_sweep():
             log.exception("this job failed: %s", error)
             raise
-        if isinstance(error, (ConfigError, NonFiniteLossError)):
-            log.error("%s", error)
+        if isinstance(error, (SegfwError, OmegaConfBaseException)):
+            log.error("%s", message(error))
             raise SystemExit(1) from None
         raise
-    headline = {k: v for k, v in metrics.items() if k.count("/") == 1}
-    for key, value in sorted(headline.items()):
-        log.info("%-18s %s", key, f"{value:.4f}" if isinstance(value, float) else value)
-    log.info("metrics written to %s/metrics.json", cfg.output_dir)
-    return metrics
+
+
+def message(error: BaseException) -> str:
+    """The error's own message, without the worker traceback that torch puts before it when the
+    error was raised in a DataLoader worker process."""
+    text = str(error)
+    if WORKER_TRACEBACK not in text:
+        return text
+    name = f"{type(error).__module__}.{type(error).__qualname__}: "
+    return text.rsplit(name, 1)[-1].strip() if name in text else text
+
+
+def write_metrics(metrics: dict[str, Any], path: Path) -> None:
+    """Writes metrics as JSON, NaN (a class absent from a split) as null."""
+    clean = {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in metrics.items()}
+    path.write_text(json.dumps(clean, indent=2, sort_keys=True) + "\n")
+
+
+def log_headline(metrics: dict[str, Any], path: Path) -> None:
+    """Logs the split-level figures (``val/mIoU`` ..., not per class) and where all went."""
+    for key, value in sorted(metrics.items()):
+        if key.count("/") == 1:
+            log.info("%-18s %s", key, f"{value:.4f}" if isinstance(value, float) else value)
+    log.info("metrics written to %s", path)

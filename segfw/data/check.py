@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from segfw.data.dataset import SampleSource, label_histogram
+from segfw.data.dataset import SampleSource, check_labels
 from segfw.data.files import FilePairs
 from segfw.data.problems import Problem
 from segfw.errors import DataError
@@ -91,7 +91,7 @@ class _ScanItems(Dataset):
             else:
                 mask = self.source.load_mask(index)
             name = self.source.name(index)
-            return label_histogram(mask, self.num_classes, self.ignore_index, name), mask.shape
+            return check_labels(mask, self.num_classes, self.ignore_index, name), mask.shape
         except DataError as error:
             return Problem.of(error)
 

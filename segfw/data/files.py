@@ -12,7 +12,6 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Protocol
 
-import cv2
 import numpy as np
 from PIL import Image
 
@@ -48,7 +47,7 @@ class IndexMasks:
     only says how to display them. 1-bit PNGs read as 0/1.
     """
 
-    modes = ("L", "P", "1")
+    modes: tuple[str, ...] = ("L", "P", "1")
     colour = False
     expected = "a single-channel 8-bit PNG (grey or palette) whose pixel values are class indices"
 
@@ -98,7 +97,7 @@ class ColourMasks:
         ConfigError: a colour that is not three 0..255 values, or listed twice.
     """
 
-    modes = ("RGB", "RGBA", "P", "L")
+    modes: tuple[str, ...] = ("RGB", "RGBA", "P", "L")
     colour = True
     expected = "an RGB PNG whose colours are listed in data.mask_colors or data.ignore_colors"
 
@@ -150,16 +149,63 @@ def _unpack(key: int) -> list[int]:
     return [key >> 16, (key >> 8) & 255, key & 255]
 
 
-def read_image(path: Path) -> np.ndarray:
-    """An RGB uint8 (H, W, 3) image.
+def read_image(path: Path, max_pixels: int | None = None) -> np.ndarray:
+    """An RGB uint8 (H, W, 3) image: the one image reader of training, evaluation and prediction.
 
-    The EXIF orientation tag is ignored: masks are drawn on the stored pixel grid, and turning
-    the image alone would misalign the pair (the start-up size check reads stored sizes too).
+    Grey and palette images become RGB, an alpha channel is dropped, 16-bit images keep the high
+    byte of each value. The EXIF orientation tag is ignored: masks are drawn on the stored pixel
+    grid, and turning the image alone would misalign the pair (the start-up size check reads
+    stored sizes too).
+
+    Args:
+        path: a PNG, JPEG or any other format Pillow reads.
+        max_pixels: refuse larger images from their header, before anything is decoded;
+            ``None``: Pillow's own guard against decompression bombs (about 179 megapixels).
+
+    Raises:
+        DataError: not a readable image, float pixels, or more than ``max_pixels`` pixels.
     """
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
-    if image is None:
-        raise DataError(_unreadable_image(path), UNREADABLE)
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    limit = Image.MAX_IMAGE_PIXELS
+    if max_pixels is not None:
+        Image.MAX_IMAGE_PIXELS = None  # max_pixels is checked instead
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+            if max_pixels is not None and width * height > max_pixels:
+                raise DataError(
+                    f"Image {path} is {width} x {height}, {width * height} pixels: more than the "
+                    f"{max_pixels} allowed (max_image_pixels={max_pixels}; raise it to read it).",
+                    UNREADABLE,
+                )
+            return rgb8(image, path)
+    except (OSError, ValueError, SyntaxError) as error:
+        if isinstance(error, DataError):
+            raise
+        # Pillow reports unknown formats and truncated files as OSError, some bad headers as
+        # ValueError or SyntaxError.
+        raise DataError(_unreadable_image(path), UNREADABLE) from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
+
+
+def rgb8(image: Image.Image, path: Path | str) -> np.ndarray:
+    """A Pillow image as RGB uint8 (H, W, 3), converted as :func:`read_image` says; ``path``
+    names it in messages."""
+    if image.mode == "RGB":
+        return np.array(image)
+    if image.mode.startswith("I"):
+        # 16-bit grey ("I;16*"; "I" is Pillow's 32-bit integer mode, which 16-bit files may open
+        # as): keep the high byte of each value.
+        pixels = np.asarray(image)
+        grey = (np.clip(pixels, 0, 65535).astype(np.uint16) >> 8).astype(np.uint8)
+        return np.repeat(grey[..., None], 3, axis=2)
+    if image.mode == "F":
+        raise DataError(
+            f"Image {path} has 32-bit float pixels, which have no standard 0..255 range; convert "
+            f"it to 8 or 16 bits.",
+            UNREADABLE,
+        )
+    return np.array(image.convert("RGB"))
 
 
 def read_mask(path: Path, masks: MaskFormat) -> np.ndarray:
@@ -167,14 +213,15 @@ def read_mask(path: Path, masks: MaskFormat) -> np.ndarray:
     try:
         with Image.open(path) as image:
             _check_mode(image, path, masks)
-            pixels = np.asarray(image.convert("RGB") if masks.colour else image)
+            pixels = np.array(image.convert("RGB") if masks.colour else image)
     except OSError:  # PIL's UnidentifiedImageError and truncated files are OSErrors
         raise DataError(_unreadable_mask(path), UNREADABLE) from None
     return masks.decode(pixels, path)
 
 
-def check_header(image_path: Path, mask_path: Path, masks: MaskFormat) -> None:
+def check_header(image_path: Path, mask_path: Path, masks: MaskFormat) -> tuple[int, int]:
     """Checks a pair from the file headers alone (a few KB): readable, same size, mask mode.
+    Returns the pair's (height, width).
 
     Raises:
         DataError: naming the file at fault.
@@ -192,6 +239,7 @@ def check_header(image_path: Path, mask_path: Path, masks: MaskFormat) -> None:
         raise DataError(_unreadable_mask(mask_path), UNREADABLE) from None
     if image_size != mask_size:
         raise DataError(_size_mismatch(image_path, image_size, mask_path, mask_size), SIZE_MISMATCH)
+    return image_size[1], image_size[0]
 
 
 def _check_mode(image: Image.Image, path: Path, masks: MaskFormat) -> None:
@@ -206,7 +254,7 @@ def _check_mode(image: Image.Image, path: Path, masks: MaskFormat) -> None:
 
 
 def _unreadable_image(path: Path) -> str:
-    return f"Cannot read image {path}: not a readable PNG/JPEG file."
+    return f"Cannot read image {path}: not a readable image file."
 
 
 def _unreadable_mask(path: Path) -> str:
@@ -240,12 +288,16 @@ class FilePairs:
         self.pairs = list(pairs)
         self.masks = masks
         self.problems = list(problems)
+        self._sizes: dict[int, tuple[int, int]] = {}
 
     def __len__(self) -> int:
         return len(self.pairs)
 
     def name(self, index: int) -> str:
         return str(self.pairs[index][1])
+
+    def image_path(self, index: int) -> str:
+        return str(self.pairs[index][0])
 
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """The RGB uint8 image (H, W, 3) and the uint8 class-index mask (H, W) of one pair."""
@@ -264,7 +316,18 @@ class FilePairs:
         return read_mask(self.pairs[index][1], self.masks)
 
     def check_header(self, index: int) -> None:
-        check_header(*self.pairs[index], self.masks)
+        self._sizes[index] = check_header(*self.pairs[index], self.masks)
+
+    def image_size(self, index: int) -> tuple[int, int]:
+        """The (height, width) of a pair, from the image's header (kept from the start-up check
+        when it ran)."""
+        if index not in self._sizes:
+            try:
+                with Image.open(self.pairs[index][0]) as image:
+                    self._sizes[index] = image.size[::-1]
+            except OSError:
+                raise DataError(_unreadable_image(self.pairs[index][0]), UNREADABLE) from None
+        return self._sizes[index]
 
 
 def pair_files(

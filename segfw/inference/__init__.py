@@ -1,2 +1,2 @@
-"""Inference and deployment: whole-image and sliding-window inference with test-time augmentation,
-predicting masks for image files, and export to ONNX and TorchScript."""
+"""Inference modes that map images of any size to logits with any network: whole image, sliding
+window, test-time augmentation."""

@@ -25,17 +25,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig, OmegaConf
-from torch.utils.data import DataLoader
 
 from segfw.choices import check_arguments, choose
-from segfw.data import SegmentationDataModule
 from segfw.errors import ConfigError
-from segfw.training.module import SegmentationModule
 
 MODES = ("whole", "slide")
 RESIZES = ("shrink", "fit", "none")
@@ -148,7 +144,7 @@ class Inference:
         if batch:
             self._run(model, batch, sums)
         passes = len(self.scales) * (2 if self.flip else 1)
-        return [s / passes for s in sums]
+        return [cast(torch.Tensor, s) / passes for s in sums]
 
     def _tiles(self, images: Sequence[torch.Tensor]) -> Iterator[_Tile]:
         # Images innermost: in whole mode every image of one pass has the same input size, so
@@ -195,13 +191,13 @@ class Inference:
         logits = model(torch.stack([t.pixels for t in tiles])).float()
         for tile, out in zip(tiles, logits, strict=True):
             job = tile.job
-            if job.logits is None:
+            if job.logits is None or job.count is None:
                 job.logits = out.new_zeros((out.shape[0], *job.size))
                 job.count = out.new_zeros((1, *job.size))
-            region = (slice(None), slice(tile.top, tile.top + tile.height))
-            region += (slice(tile.left, tile.left + tile.width),)
-            job.logits[region] += out[:, : tile.height, : tile.width]
-            job.count[region] += 1
+            rows = slice(tile.top, tile.top + tile.height)
+            columns = slice(tile.left, tile.left + tile.width)
+            job.logits[:, rows, columns] += out[:, : tile.height, : tile.width]
+            job.count[:, rows, columns] += 1
             job.remaining -= 1
             if job.remaining == 0:
                 result = job.logits / job.count
@@ -238,20 +234,17 @@ class _Tile:
     width: int
 
 
-def build_inference(cfg: DictConfig | Mapping[str, Any], module: SegmentationModule) -> Inference:
-    """The :class:`Inference` of an ``inference`` config (``conf/inference/*.yaml``) for a
-    module: its ``model.height`` x ``model.width`` is the input size it was trained at.
+def build_inference(
+    settings: Mapping[str, Any], height: int, width: int, divisor: int
+) -> Inference:
+    """The :class:`Inference` of an ``inference`` config section (``conf/inference/*.yaml``) for a
+    network trained at ``height`` x ``width`` whose inputs must be multiples of ``divisor``.
 
     Raises:
         ConfigError: an unknown key or a setting out of range.
     """
-    settings = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
-    settings = dict(settings)
     check_arguments(Inference, settings, "inference", skip=3)
-    model = module.hparams.model
-    return Inference(
-        int(model["height"]), int(model["width"]), module.net.input_divisor, **settings
-    )
+    return Inference(height, width, divisor, **settings)
 
 
 def resize_logits(logits: torch.Tensor, size: Size) -> torch.Tensor:
@@ -295,17 +288,6 @@ def labels_at(logits: torch.Tensor, size: Size, band_pixels: int = 1 << 22) -> t
         )[0]
         labels[band] = columns.argmax(0).to(torch.uint8)
     return labels
-
-
-def full_resolution_loader(datamodule: SegmentationDataModule, stage: str) -> DataLoader:
-    """The images and labels of a split at their own resolution, one per batch.
-
-    The datamodule must be built with ``eval_mode="whole"`` (images and masks unresized). Images
-    of a split differ in size; padding them to a common one, as batching would, changes what the
-    inference mode sees near their edges, so each image is a batch of its own (the inference mode
-    batches its windows and passes instead).
-    """
-    return DataLoader(datamodule.dataset(stage), batch_size=1, num_workers=datamodule.workers())
 
 
 def _pair(value: int | Sequence[int], key: str) -> tuple[int, int]:

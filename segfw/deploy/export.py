@@ -9,8 +9,8 @@ TorchScript, as the LightningModule takes them. Normalization by the backbone's 
 inside the model. Output: ``logits`` float32 (N, num_classes, H, W); their argmax over dimension 1
 is the class map. The batch size is free; so are H and W (multiples of the network's input
 divisor) unless the metadata says otherwise: ONNX has no adaptive pooling, so a network that pools
-to fixed grids of bins (PSPNet's pyramid of 1, 2, 3 and 6 bins) gets a fixed input size there, the
-trained one.
+to fixed grids of bins (the pyramid of 1, 2, 3 and 6 bins of PSPNet and of UPerNet's pyramid
+pooling module) gets a fixed input size there, the trained one.
 
 Every export is checked before it is reported done: the exported model, loaded back by
 onnxruntime or ``torch.jit.load``, must give the PyTorch model's logits within ``tolerance`` (times
@@ -30,13 +30,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import DictConfig
 from torch import nn
 from torch.export import Dim
 
 from segfw.choices import choose
-from segfw.errors import ConfigError
-from segfw.models import get_backbone
+from segfw.errors import ConfigError, ExportError
+from segfw.models import backbone_spec
 from segfw.training.module import SegmentationModule
 from segfw.visualize import checkpoint_palette
 
@@ -53,6 +52,9 @@ class Deployable(nn.Module):
     logits (N, C, H, W), as ``SegmentationModule.forward`` computes them, without the training
     parts (loss, metrics) and with only the inference output (no auxiliary or deep-supervision
     heads: ``forward`` of a network in eval mode returns its prediction alone)."""
+
+    mean: torch.Tensor
+    std: torch.Tensor
 
     def __init__(self, module: SegmentationModule) -> None:
         super().__init__()
@@ -82,8 +84,28 @@ class FixedSize(nn.Module):
         return self.traced(images)
 
 
-def export(cfg: DictConfig) -> dict[str, Any]:
-    """Exports ``cfg.ckpt_path`` in ``cfg.format`` into ``cfg.output`` and checks the result.
+def export(
+    module: SegmentationModule,
+    format: str,
+    output: str | Path,
+    name: str = "model",
+    dynamic_size: str | bool = "auto",
+    opset: int | None = None,
+    tolerance: float = 1e-4,
+    source: str | None = None,
+) -> dict[str, Any]:
+    """Exports a trained module's network in ``format`` into ``output`` and checks the result.
+
+    Args:
+        module: the trained module (``SegmentationModule.from_checkpoint``).
+        format: ``onnx`` or ``torchscript``.
+        output: the folder for the model and its metadata.
+        name: the file name without suffix.
+        dynamic_size: ``auto``: free height and width where the graph allows; ``False``: the
+            trained size only.
+        opset: the ONNX opset; ``None``: the exporter's default.
+        tolerance: accepted max |logits - PyTorch's| / max(1, max |logits|).
+        source: the checkpoint's path, for the metadata.
 
     Returns:
         The metadata, also written beside the model: file, classes, palette, input contract
@@ -91,44 +113,82 @@ def export(cfg: DictConfig) -> dict[str, Any]:
         differences measured against PyTorch.
 
     Raises:
-        ConfigError: a bad setting or checkpoint, or an exported model that does not reproduce
-            the PyTorch logits within ``cfg.tolerance`` (the message says what to change).
+        ConfigError: a bad setting.
+        ExportError: the exporter fails, or the exported model does not reproduce the PyTorch
+            logits within ``tolerance`` (the message says what to change).
     """
-    checkpoint = Path(cfg.ckpt_path).expanduser()
-    if not checkpoint.is_file():
-        raise ConfigError(
-            f"ckpt_path={str(checkpoint)!r} is not a file; pass a .ckpt written by train.py."
-        )
-    choose(SUFFIXES, cfg.format, "format")
-    choose(DYNAMIC_SIZES, cfg.dynamic_size, "dynamic_size")
-    module = SegmentationModule.load_from_checkpoint(checkpoint, map_location="cpu").eval()
+    choose(SUFFIXES, format, "format")
+    choose(DYNAMIC_SIZES, dynamic_size, "dynamic_size")
+    if format == "onnx":
+        _require("onnx", "onnxscript", "onnxruntime")
     hparams = module.hparams
     network = Deployable(module).eval()
-    height, width = int(hparams.model["height"]), int(hparams.model["width"])
+    height, width = int(hparams["model"]["height"]), int(hparams["model"]["width"])
     divisor = module.net.input_divisor
-    output = Path(cfg.output).expanduser()
+    output = Path(output).expanduser()
     output.mkdir(parents=True, exist_ok=True)
-    path = output / f"{cfg.name}{SUFFIXES[cfg.format]}"
+    path = output / f"{name}{SUFFIXES[format]}"
+    example = _random_images(2, height, width, seed=0)
+    with torch.no_grad():
+        if format == "onnx":
+            program, reason = _onnx_program(network, example, divisor, dynamic_size)
+            metadata = _save_onnx(
+                program, example, path, opset, _metadata(module, format, path.name, reason, source)
+            )
+            run = _onnx_runner(path)
+        else:
+            scripted, reason = _torchscript_program(network, example, dynamic_size)
+            metadata = _metadata(module, format, path.name, reason, source)
+            torch.jit.save(scripted, str(path), _extra_files={"segfw.json": json.dumps(metadata)})
+            run = _torchscript_runner(path)
+        # Batches other than the example's 2, and where free, a size other than the trained one.
+        second = (height + divisor, width + 2 * divisor) if reason is None else (height, width)
+        checks = verify(network, run, [(1, height, width), (3, *second)], tolerance)
 
-    spec = get_backbone(hparams.backbone["name"])
-    metadata: dict[str, Any] = {
-        "format": cfg.format,
-        "file": path.name,
-        "architecture": hparams.model["name"],
-        "backbone": hparams.backbone["name"],
-        "num_classes": hparams.num_classes,
-        "class_names": list(hparams.class_names),
+    metadata = {**metadata, "verification": {"tolerance": tolerance, "checks": checks}}
+    metadata_path = path.with_name(path.name + ".json")
+    metadata_path.write_text(json.dumps(metadata, indent=2) + "\n")
+    worst = max(c["max_abs_diff"] for c in checks)
+    log.info(
+        "exported %s (input %s, height and width %s); max |logits - PyTorch| = %.2e; metadata: %s",
+        path,
+        metadata["input"]["dtype"],
+        "free" if reason is None else f"fixed at {height} x {width}",
+        worst,
+        metadata_path,
+    )
+    if reason:
+        log.info("fixed input size: %s", reason)
+    return metadata
+
+
+def _metadata(
+    module: SegmentationModule, format: str, file: str, reason: str | None, source: str | None
+) -> dict[str, Any]:
+    """What a user of the exported file needs to know, written beside it and inside it."""
+    hparams = module.hparams
+    spec = backbone_spec(hparams["backbone"])
+    dynamic = reason is None
+    return {
+        "format": format,
+        "file": file,
+        "architecture": hparams["model"]["name"],
+        "backbone": hparams["backbone"]["name"],
+        "num_classes": hparams["num_classes"],
+        "class_names": list(hparams["class_names"]),
         "palette": checkpoint_palette(hparams).tolist(),
         "input": {
             "name": "images",
             # The traced cast to float accepts either; an ONNX graph input has one type.
-            "dtype": "uint8" if cfg.format == "onnx" else "uint8 or float32",
+            "dtype": "uint8" if format == "onnx" else "uint8 or float32",
             "layout": "NCHW",
             "channels": "RGB",
             "value_range": [0, 255],
-            "height": height,
-            "width": width,
-            "size_multiple_of": divisor,
+            "height": int(hparams["model"]["height"]),
+            "width": int(hparams["model"]["width"]),
+            "size_multiple_of": module.net.input_divisor,
+            "dynamic": {"batch": True, "height": dynamic, "width": dynamic},
+            "fixed_size_reason": reason,
         },
         "normalization": {
             "mean": list(spec.mean),
@@ -143,55 +203,18 @@ def export(cfg: DictConfig) -> dict[str, Any]:
             "meaning": "class scores at the input's size; argmax over dimension 1: class indices",
         },
         "source": {
-            "checkpoint": str(checkpoint),
+            "checkpoint": source,
             "torch": torch.__version__,
             "segfw": version("segfw"),
             "python": platform.python_version(),
         },
     }
-    example = _random_images(2, height, width, seed=0)
-    with torch.no_grad():
-        if cfg.format == "onnx":
-            dynamic, reason = _export_onnx(network, example, path, divisor, cfg, metadata)
-            run = _onnx_runner(path)
-        else:
-            dynamic, reason = _export_torchscript(network, example, path, cfg, metadata)
-            run = _torchscript_runner(path)
-        # Batches other than the example's 2, and where free, a size other than the trained one.
-        second = (height + divisor, width + 2 * divisor) if dynamic else (height, width)
-        sizes = [(1, height, width), (3, *second)]
-        checks = verify(network, run, sizes, cfg.tolerance)
-
-    metadata["verification"] = {"tolerance": cfg.tolerance, "checks": checks}
-    metadata_path = path.with_name(path.name + ".json")
-    metadata_path.write_text(json.dumps(metadata, indent=2) + "\n")
-    worst = max(c["max_abs_diff"] for c in checks)
-    log.info(
-        "exported %s (input %s, height and width %s); max |logits - PyTorch| = %.2e; metadata: %s",
-        path,
-        metadata["input"]["dtype"],
-        "free" if dynamic else f"fixed at {height} x {width}",
-        worst,
-        metadata_path,
-    )
-    if reason:
-        log.info("fixed input size: %s", reason)
-    return metadata
 
 
-def _export_onnx(
-    network: Deployable,
-    example: torch.Tensor,
-    path: Path,
-    divisor: int,
-    cfg: DictConfig,
-    metadata: dict[str, Any],
-) -> tuple[bool, str | None]:
-    """Writes the ONNX file; returns whether height and width are free, and why not if not."""
-    _require("onnx", "onnxscript", "onnxruntime")
-    # The exporter's optimizer logs every pass it applies at INFO, hundreds of lines per model.
-    for name in ("onnx_ir", "onnxscript"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+def _onnx_program(
+    network: Deployable, example: torch.Tensor, divisor: int, dynamic_size: str | bool
+) -> tuple[torch.export.ExportedProgram, str | None]:
+    """The exported program to convert to ONNX, and why its input size is fixed (None: free)."""
     batch = {0: Dim("batch", min=1)}
     # Multiples of the divisor, so that the network's own shape checks hold for every size.
     free = batch | {
@@ -201,57 +224,69 @@ def _export_onnx(
 
     def trace(dynamic: bool) -> torch.export.ExportedProgram:
         shapes = {"images": free if dynamic else batch}
-        return torch.export.export(network, (example,), dynamic_shapes=shapes, strict=False)
+        try:
+            return torch.export.export(network, (example,), dynamic_shapes=shapes, strict=False)
+        except Exception as error:  # torch.export raises many types
+            raise ExportError(
+                f"torch.export could not trace the network: {type(error).__name__}: "
+                f"{str(error).splitlines()[0]}"
+            ) from error
 
-    if cfg.dynamic_size is False:
-        program, reason = trace(False), "dynamic_size=false"
-    else:
-        program, reason = trace(True), None
-        pooled = _fixed_grid_pooling(program)
-        if pooled:
-            reason = (
-                f"the network pools to fixed grids of bins ({pooled}); ONNX has no adaptive "
-                f"pooling, so the exporter derives the pooling kernels from the example's size and "
-                f"the graph holds at that size only (at others it pools wrongly or fails)"
-            )
-            program = trace(False)
-    dynamic = reason is None
-    _record_size(metadata, dynamic, reason)
+    if dynamic_size is False:
+        return trace(False), "dynamic_size=false"
+    program = trace(True)
+    pooled = _fixed_grid_pooling(program)
+    if not pooled:
+        return program, None
+    reason = (
+        f"the network pools to fixed grids of bins ({pooled}); ONNX has no adaptive "
+        f"pooling, so the exporter derives the pooling kernels from the example's size and "
+        f"the graph holds at that size only (at others it pools wrongly or fails)"
+    )
+    return trace(False), reason
+
+
+def _save_onnx(
+    program: torch.export.ExportedProgram,
+    example: torch.Tensor,
+    path: Path,
+    opset: int | None,
+    metadata: dict[str, Any],
+) -> dict[str, Any]:
+    """Writes the ONNX file with ``metadata`` inside; returns the metadata with the opset."""
+    # The exporter's optimizer logs every pass it applies at INFO, hundreds of lines per model.
+    for name in ("onnx_ir", "onnxscript"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     onnx_program = torch.onnx.export(
         program,
         (example,),
         input_names=["images"],
         output_names=["logits"],
-        opset_version=cfg.opset,
+        opset_version=opset,
         dynamo=True,
         external_data=False,
         verbose=False,
     )
+    if onnx_program is None:  # the exporter returns None only when it was asked not to trace
+        raise ExportError("torch.onnx.export returned no program.")
     # The metadata travels inside the file as well (onnxruntime: get_modelmeta().custom_metadata_map).
     onnx_program.model.metadata_props["segfw"] = json.dumps(metadata)
     onnx_program.save(path, external_data=False)
-    metadata["source"]["onnx_opset"] = onnx_program.model.opset_imports[""]
-    return dynamic, reason
+    opset_used = onnx_program.model.opset_imports[""]
+    return {**metadata, "source": {**metadata["source"], "onnx_opset": opset_used}}
 
 
-def _export_torchscript(
-    network: Deployable,
-    example: torch.Tensor,
-    path: Path,
-    cfg: DictConfig,
-    metadata: dict[str, Any],
-) -> tuple[bool, str | None]:
-    """Writes the TorchScript file; returns whether height and width are free, and why not."""
+def _torchscript_program(
+    network: Deployable, example: torch.Tensor, dynamic_size: str | bool
+) -> tuple[torch.jit.ScriptModule, str | None]:
+    """The TorchScript module, and why its input size is fixed (None: free)."""
     # A trace records the operators the example runs through; check_trace is off because
     # ``verify`` compares the saved model with PyTorch at two sizes instead.
     traced = torch.jit.trace(network, example, check_trace=False)
-    dynamic = cfg.dynamic_size is not False
-    reason = None if dynamic else "dynamic_size=false"
-    if not dynamic:
-        traced = torch.jit.script(FixedSize(traced, example.shape[2], example.shape[3]))
-    _record_size(metadata, dynamic, reason)
-    torch.jit.save(traced, str(path), _extra_files={"segfw.json": json.dumps(metadata)})
-    return dynamic, reason
+    if dynamic_size is not False:
+        return traced, None
+    fixed = torch.jit.script(FixedSize(traced, example.shape[2], example.shape[3]))
+    return fixed, "dynamic_size=false"
 
 
 def verify(
@@ -271,7 +306,7 @@ def verify(
         Each check's input shape, largest absolute difference and largest logit magnitude.
 
     Raises:
-        ConfigError: the exported model fails, or differs by more than allowed.
+        ExportError: the exported model fails, or differs by more than allowed.
     """
     checks = []
     for seed, (batch, height, width) in enumerate(sizes, start=1):
@@ -287,7 +322,7 @@ def verify(
         try:
             got = run(images)
         except Exception as error:  # onnxruntime raises its own exception types
-            raise ConfigError(
+            raise ExportError(
                 f"The exported model fails on images of {shape}: {error} {advice}"
             ) from None
         difference = float(np.abs(got - expected).max())
@@ -296,17 +331,12 @@ def verify(
             {"input_shape": list(images.shape), "max_abs_diff": difference, "max_abs_logit": scale}
         )
         if not difference <= tolerance * max(1.0, scale):
-            raise ConfigError(
+            raise ExportError(
                 f"The exported model differs from PyTorch by up to {difference:.3g} on images of "
                 f"{shape} (logits up to {scale:.3g}), above tolerance={tolerance} x "
                 f"max(1, {scale:.3g}). {advice}"
             )
     return checks
-
-
-def _record_size(metadata: dict[str, Any], dynamic: bool, reason: str | None) -> None:
-    metadata["input"]["dynamic"] = {"batch": True, "height": dynamic, "width": dynamic}
-    metadata["input"]["fixed_size_reason"] = reason
 
 
 def _require(*modules: str) -> None:

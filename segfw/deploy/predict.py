@@ -19,23 +19,19 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
-import torch
-from omegaconf import DictConfig
 from PIL import Image
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from segfw.errors import ConfigError
-from segfw.inference.modes import build_inference, labels_at
-from segfw.training.module import SegmentationModule
-from segfw.visualize import checkpoint_palette
+from segfw.data.files import read_image
+from segfw.deploy.predictor import Predictor
+from segfw.errors import ConfigError, DataError
+from segfw.visualize import checkpoint_palette, overlay
 
 log = logging.getLogger(__name__)
 
@@ -43,82 +39,73 @@ log = logging.getLogger(__name__)
 MAX_CLASSES = 256
 
 
-class SkippedFile(Exception):
-    """A file predict cannot use; the message says why."""
+def predict_files(
+    predictor: Predictor,
+    input: Path,
+    output: Path,
+    overlay_alpha: float = 0.5,
+    max_image_pixels: int = 2**30,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Predicts every image under ``input`` and writes masks, overlays and ``summary.json``.
 
-
-def predict(cfg: DictConfig) -> dict[str, Any]:
-    """Predicts every image of ``cfg.input`` with ``cfg.inference`` and writes masks and overlays.
+    Args:
+        predictor: the trained model (:class:`segfw.deploy.predictor.Predictor`).
+        input: an image file, or a folder searched recursively (hidden files aside).
+        output: where ``masks/``, ``overlays/`` and ``summary.json`` go.
+        overlay_alpha: weight of the class colours over the image in overlays.
+        max_image_pixels: larger files are skipped unread.
+        progress: show a progress bar.
 
     Returns:
         The summary, also written to ``<output>/summary.json``: ``predicted`` (count),
-        ``outputs`` ({image: [mask, overlay]}), ``shrunk`` (images above ``max_pixels``,
-        predicted at a reduced size and their masks resized back), ``skipped`` ({file: reason}),
-        ``seconds`` and ``images_per_second``.
+        ``outputs`` ({image: [mask, overlay]}), ``shrunk`` (images above the predictor's
+        ``max_pixels``, predicted at a reduced size and their masks resized back), ``skipped``
+        ({file: reason}), ``seconds`` and ``images_per_second``.
 
     Raises:
-        ConfigError: no checkpoint at ``ckpt_path``, no input, or a bad setting.
+        ConfigError: no input, or a setting out of range.
     """
-    checkpoint = Path(cfg.ckpt_path).expanduser()
-    if not checkpoint.is_file():
+    if not 0 <= overlay_alpha <= 1:
+        raise ConfigError(f"overlay_alpha={overlay_alpha} must lie in 0..1.")
+    hparams = predictor.module.hparams
+    if hparams["num_classes"] > MAX_CLASSES:
         raise ConfigError(
-            f"ckpt_path={str(checkpoint)!r} is not a file; pass a .ckpt written by train.py."
-        )
-    if cfg.batch_size < 1 or cfg.max_pixels < 1 or not 0 <= cfg.overlay_alpha <= 1:
-        raise ConfigError(
-            f"batch_size={cfg.batch_size} and max_pixels={cfg.max_pixels} must be >= 1, "
-            f"overlay_alpha={cfg.overlay_alpha} in 0..1."
-        )
-    output = Path(cfg.output).expanduser()
-    files, root = list_inputs(Path(cfg.input).expanduser(), output)
-    device = torch.device(
-        ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
-    )
-    module = SegmentationModule.load_from_checkpoint(checkpoint, map_location=device).eval()
-    hparams = module.hparams
-    if hparams.num_classes > MAX_CLASSES:
-        raise ConfigError(
-            f"The checkpoint has {hparams.num_classes} classes; a palette PNG mask holds at most "
+            f"The checkpoint has {hparams['num_classes']} classes; a palette PNG mask holds at most "
             f"{MAX_CLASSES}."
         )
-    inference = build_inference(cfg.inference, module)
+    files, root = list_inputs(input, output)
     palette = checkpoint_palette(hparams)
     names = output_names(files, root)
-
     outputs: dict[str, list[str]] = {}
     shrunk: list[str] = []
     skipped: dict[str, str] = {}
     start = time.perf_counter()
     columns = (TextColumn("predicting"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns, disable=not cfg.progress) as progress, torch.inference_mode():
-        task = progress.add_task("predict", total=len(files))
-        for batch in _chunks(files, cfg.batch_size):
-            images, inputs = [], []
+    with Progress(*columns, disable=not progress) as bar:
+        task = bar.add_task("predict", total=len(files))
+        for batch in _chunks(files, predictor.batch_size):
+            images = []
             for path in batch:
                 try:
-                    image = read_image(path, cfg.max_image_pixels)
-                except SkippedFile as error:
+                    images.append((path, read_image(path, max_image_pixels)))
+                except DataError as error:
                     skipped[str(path)] = str(error)
-                    progress.advance(task)
-                    continue
-                working = shrink_to(image, cfg.max_pixels)
-                if working is not image:
+                    bar.advance(task)
+            masks = predictor.predict_arrays([image for _, image in images]) if images else []
+            for (path, image), labels in zip(images, masks, strict=True):
+                if image.shape[0] * image.shape[1] > predictor.max_pixels:
                     shrunk.append(str(path))
-                images.append((path, image))
-                inputs.append(torch.from_numpy(working).permute(2, 0, 1).to(device))
-            logits = inference.logits(module, inputs) if inputs else []
-            for (path, image), scores in zip(images, logits, strict=True):
-                labels = labels_at(scores, image.shape[:2]).cpu().numpy()
                 mask_path = output / "masks" / names[path]
                 overlay_path = output / "overlays" / names[path]
                 try:
                     write_mask(labels, palette, mask_path)
-                    write_overlay(image, labels, palette, cfg.overlay_alpha, overlay_path)
+                    write_overlay(image, labels, palette, overlay_alpha, overlay_path)
                 except OSError as error:
                     skipped[str(path)] = f"could not write its outputs: {error}"
                 else:
                     outputs[str(path)] = [str(mask_path), str(overlay_path)]
-                progress.advance(task)
+                bar.advance(task)
 
     seconds = time.perf_counter() - start
     summary = {
@@ -131,7 +118,7 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     }
     output.mkdir(parents=True, exist_ok=True)
     (output / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    _log_summary(summary, output, cfg.max_pixels)
+    _log_summary(summary, output, predictor.max_pixels)
     return summary
 
 
@@ -175,60 +162,6 @@ def output_names(files: Sequence[Path], root: Path) -> dict[Path, Path]:
     return names
 
 
-def read_image(path: Path, max_pixels: int) -> np.ndarray:
-    """An RGB uint8 (H, W, 3) image; see the module docstring for the conversions.
-
-    Raises:
-        SkippedFile: not an image Pillow can decode, a truncated one, float pixels, or more
-            pixels than ``max_pixels``.
-    """
-    # Pillow's own guard against decompression bombs allows ~179 megapixels; this function
-    # applies ``max_pixels`` from the header instead, before anything is decoded.
-    limit = Image.MAX_IMAGE_PIXELS
-    Image.MAX_IMAGE_PIXELS = None
-    try:
-        with Image.open(path) as image:
-            width, height = image.size
-            if width * height > max_pixels:
-                raise SkippedFile(
-                    f"{width} x {height} is {width * height} pixels, more than "
-                    f"max_image_pixels={max_pixels}; raise max_image_pixels to read it."
-                )
-            return _rgb8(image)
-    except (OSError, ValueError, SyntaxError) as error:
-        # Pillow reports unknown formats and truncated files as OSError, some bad headers as
-        # ValueError or SyntaxError.
-        raise SkippedFile(f"not a readable image: {error}") from None
-    finally:
-        Image.MAX_IMAGE_PIXELS = limit
-
-
-def _rgb8(image: Image.Image) -> np.ndarray:
-    if image.mode.startswith("I"):
-        # 16-bit grey ("I;16*"; "I" is Pillow's 32-bit integer mode, which 16-bit files may open
-        # as): keep the high byte of each value.
-        pixels = np.asarray(image)
-        grey = (np.clip(pixels, 0, 65535).astype(np.uint16) >> 8).astype(np.uint8)
-        return np.repeat(grey[..., None], 3, axis=2)
-    if image.mode == "F":
-        raise SkippedFile(
-            "32-bit float pixels have no standard 0..255 range; convert the image to 8 or 16 bits."
-        )
-    return np.array(image.convert("RGB"))
-
-
-def shrink_to(image: np.ndarray, max_pixels: int) -> np.ndarray:
-    """``image``, or a smaller copy (area interpolation) if it has more than ``max_pixels``
-    pixels. Bounds memory: no inference mode then holds more than ``max_pixels`` x classes x 4
-    bytes of logits (times the square of the largest test-time scale above 1)."""
-    height, width = image.shape[:2]
-    if height * width <= max_pixels:
-        return image
-    scale = math.sqrt(max_pixels / (height * width))
-    size = (max(1, int(width * scale)), max(1, int(height * scale)))
-    return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
-
-
 def write_mask(labels: np.ndarray, palette: np.ndarray, path: Path) -> None:
     """Class indices (H, W) as a palette PNG with the class colours."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -244,10 +177,8 @@ def write_overlay(
 ) -> None:
     """The image with each pixel's class colour blended in at weight ``alpha``."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    # addWeighted blends uint8 to uint8 without a float copy of a possibly huge image.
-    blended = cv2.addWeighted(image, 1 - alpha, palette[labels], alpha, 0)
     # Level 1: overlays are for looking at, and large ones compress slowly at the default level.
-    Image.fromarray(blended).save(path, compress_level=1)
+    Image.fromarray(overlay(image, labels, palette, alpha)).save(path, compress_level=1)
 
 
 def _chunks(items: Sequence[Path], size: int) -> Iterator[Sequence[Path]]:
