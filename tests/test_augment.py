@@ -7,21 +7,26 @@ import numpy as np
 import pytest
 import torch
 
+from checkpoints import tiny_module
 from helpers import compose_config, tiny
 from layouts import colour_mismatches, write_painted_folder
-from segfw.commands.tasks import build_datamodule
-from segfw.data.transforms import eval_transform, pad_collate
+from segfw.commands.config import build_datamodule
+from segfw.data.samplers import EvaluationBatches
+from segfw.data.transforms import eval_transform
 
 MODEL = {"height": 64, "width": 64}
 # Images larger and smaller than the 64 x 64 crop.
 SIZES = {"train": [(96, 80), (48, 64), (80, 120), (40, 56)], "val": [(48, 64)], "test": [(48, 64)]}
 
 
-def datamodule_of(tmp_path, *overrides):
+def data_config(tmp_path, *overrides):
     root = write_painted_folder(tmp_path / "data", SIZES)
     args = ["data=folder", f"data.root={root}", "data.num_classes=3", "data.class_names=[a,b,c]"]
-    cfg = compose_config("train", tiny([*args, *overrides]), tmp_path / "run")
-    return build_datamodule(cfg.data, MODEL)
+    return compose_config("train", tiny([*args, *overrides]), tmp_path / "run").data
+
+
+def datamodule_of(tmp_path, *overrides):
+    return build_datamodule(data_config(tmp_path, *overrides), MODEL)
 
 
 def epoch(loader) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
@@ -34,16 +39,38 @@ def epoch(loader) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
 
 
 def test_two_epochs_draw_different_crops_and_the_seed_repeats_them(tmp_path):
-    # One persistent worker, as in training: its random stream must go on across epochs.
+    # One persistent worker, as in training; Lightning calls set_epoch before each epoch.
     datamodule = datamodule_of(tmp_path, "data.num_workers=1", "data.batch_size=2")
-    torch.manual_seed(0)
     loader = datamodule.train_dataloader()
-    first, second = epoch(loader), epoch(loader)
+    first = epoch(loader)
+    loader.sampler.set_epoch(1)
+    second = epoch(loader)
     assert first.keys() == second.keys() and len(first) == 4
     assert any(not torch.equal(first[i][1], second[i][1]) for i in first)
-    torch.manual_seed(0)
-    again = epoch(datamodule.train_dataloader())
+    again = epoch(
+        datamodule_of(tmp_path, "data.num_workers=1", "data.batch_size=2").train_dataloader()
+    )
     assert all(torch.equal(first[i][0], again[i][0]) for i in first)
+
+
+def test_an_epochs_batches_depend_on_the_seed_and_epoch_alone_not_on_workers(tmp_path):
+    # What makes resume exact with any loader settings: the same (seed, epoch) gives the same
+    # batches, in the same order, whether loaded in-process or by 2 persistent workers that have
+    # already served other epochs; another seed gives others.
+    def batches(workers: int, seed: int, epochs: list[int]) -> list[torch.Tensor]:
+        data = data_config(tmp_path)
+        datamodule = build_datamodule(data, MODEL, seed, num_workers=workers, batch_size=2)
+        loader = datamodule.train_dataloader()
+        images = []
+        for number in epochs:
+            loader.sampler.set_epoch(number)
+            images.append(torch.cat([batch["image"] for batch in loader]))
+        return images
+
+    in_process = batches(0, seed=7, epochs=[3])[0]
+    workers = batches(2, seed=7, epochs=[0, 1, 2, 3])[-1]
+    assert torch.equal(in_process, workers)
+    assert not torch.equal(in_process, batches(0, seed=8, epochs=[3])[0])
 
 
 def test_augmented_masks_stay_aligned_with_their_images(tmp_path):
@@ -145,24 +172,21 @@ def test_fit_shrinks_keeping_the_aspect_ratio_and_never_enlarges():
     assert (small["mask"][:32, :40] == 1).all() and (small["mask"] == 1).sum() == 32 * 40
 
 
-def test_whole_image_batches_are_padded_to_the_largest_and_the_divisor():
-    samples = [
-        {
-            "image": torch.full((3, 40, 50), 5, dtype=torch.uint8),
-            "mask": torch.ones(40, 50, dtype=torch.uint8),
-            "index": 0,
-        },
-        {
-            "image": torch.full((3, 48, 30), 6, dtype=torch.uint8),
-            "mask": torch.full((48, 30), 2, dtype=torch.uint8),
-            "index": 1,
-        },
-    ]
-    batch = pad_collate(samples, ignore_index=255, divisor=32)
-    assert batch["image"].shape == (2, 3, 64, 64) and batch["mask"].shape == (2, 64, 64)
-    assert (batch["mask"][0, :40, :50] == 1).all() and (batch["mask"][1, :48, :30] == 2).all()
-    assert (batch["mask"] != 255).sum() == 40 * 50 + 48 * 30
-    assert (batch["image"][0, :, 40:] == 0).all() and batch["index"].tolist() == [0, 1]
+def test_whole_images_are_batched_by_size_and_each_is_padded_to_the_divisor_alone():
+    # Evaluation batches hold images of one size, each image on one process only...
+    sizes = [(40, 50), (48, 30), (40, 50), (40, 50), (48, 30)]
+    assert EvaluationBatches(sizes, batch_size=2).batches == [[0, 2], [3], [1, 4]]
+    shares = [EvaluationBatches(sizes, 2, num_replicas=2, rank=r).batches for r in (0, 1)]
+    assert shares == [[[0, 2], [4]], [[1], [3]]]
+    # ... and the module pads each image to its network's divisor, with black, and crops back.
+    module = tiny_module("unet")  # divisor 32
+    image = torch.randint(0, 256, (1, 3, 40, 50), dtype=torch.uint8)
+    padded = torch.zeros((1, 3, 64, 64), dtype=torch.uint8)
+    padded[..., :40, :50] = image
+    with torch.no_grad():
+        logits = module(image)
+        expected = module.net(module.normalize(padded))[..., :40, :50]
+    assert logits.shape == (1, 3, 40, 50) and torch.equal(logits, expected)
 
 
 @pytest.mark.parametrize(

@@ -24,7 +24,8 @@ from layouts import (
     write_colour_folder,
     write_voc,
 )
-from segfw.commands.tasks import build_datamodule, train
+from segfw.commands.config import build_datamodule
+from segfw.commands.train import train
 from segfw.data.files import read_mask
 
 FOLDER_COLOUR_ARGS = [

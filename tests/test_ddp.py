@@ -1,8 +1,10 @@
 """DDP on two CPU processes (gloo): one run dir, identical weights on both ranks, and validation
-metrics synchronized across them, equal to a single-process evaluation of the saved checkpoint."""
+metrics synchronized across them, equal to a single-process evaluation of the saved checkpoint,
+on splits whose sizes are odd: every image is scored once, none twice."""
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import subprocess
@@ -14,13 +16,16 @@ import torch
 from omegaconf import OmegaConf
 
 from helpers import compose_config, tiny
-from segfw.commands.tasks import evaluate, train
+from segfw.commands.evaluate import evaluate
+from segfw.commands.train import train
 from segfw.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 
 # torch's SyncBatchNorm has no CPU kernel: on CPU processes, batch norm stays per process.
 DDP_CPU = ["trainer=ddp", "trainer.devices=2", "trainer.sync_batchnorm=false"]
+# Splits of odd size: Lightning's DistributedSampler would score one image twice in each.
+ODD_SPLITS = ["data.sizes.val=15", "data.sizes.test=13"]
 
 
 def _run(command: list[str], cwd: Path = ROOT) -> subprocess.CompletedProcess:
@@ -36,7 +41,7 @@ def ddp_run(tmp_path_factory):
         [
             sys.executable,
             "train.py",
-            *tiny(DDP_CPU),
+            *tiny([*DDP_CPU, *ODD_SPLITS]),
             f"hydra.run.dir={run_dir}",
             # Each rank writes its weights after fitting; the checkpoint holds rank 0's only.
             "+callbacks.rank_weights._target_=tests.ddp_helpers.SaveRankWeights",
@@ -76,7 +81,15 @@ def test_validation_metrics_equal_a_single_process_evaluation(ddp_run, tmp_path)
     single = evaluate(cfg)
     for key in ("val/mIoU", "val/dice", "val/pixel_acc", "val/IoU/background", "val/IoU/square"):
         assert single[key] == pytest.approx(metrics[key], abs=1e-12), key
-    assert single["val/loss"] == pytest.approx(metrics["val/loss"], rel=1e-5)
+    assert single["val/loss"] == pytest.approx(metrics["val/loss"], abs=1e-6)
+
+
+def test_each_image_is_scored_once_over_both_processes(ddp_run):
+    with open(ddp_run / "per_image.csv", newline="") as file:
+        rows = list(csv.DictReader(file))
+    for split, size in (("val", 15), ("test", 13)):
+        indices = [int(row["index"]) for row in rows if row["split"] == split]
+        assert sorted(indices) == list(range(size)), split
 
 
 def test_sync_batchnorm_on_cpu_processes_is_refused(train_config):

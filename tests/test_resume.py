@@ -4,7 +4,12 @@ as a run that was never interrupted; ckpt_path=last with nothing to resume is re
 from __future__ import annotations
 
 import csv
+import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,13 +18,14 @@ import torch
 from omegaconf import OmegaConf
 
 from helpers import compose_config, tiny
-from segfw import tasks
+from segfw.commands import train as tasks
 from segfw.errors import ConfigError
 from segfw.training.resume import RandomState
 
-# Two epochs of four steps at 32 px; flips and a random rescale make the weights depend on the
-# random state.
+# Two epochs of four steps at 32 px; DeepLabv3+'s dropout makes the weights depend on the random
+# state of the training process, flips and a random rescale on each sample's own seed.
 RESUMABLE = [
+    "model=deeplabv3plus",
     "model.height=32",
     "model.width=32",
     "data.sizes.train=16",
@@ -142,3 +148,91 @@ def test_requeued_slurm_job_without_its_requeue_checkpoint_is_refused(tmp_path, 
     monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
     with pytest.raises(ConfigError, match=r"requeued.*hydra\.run\.dir=logs/runs/\$SLURM_JOB_ID"):
         tasks.train(_config(tmp_path))
+
+
+# --- killed with SIGKILL, the default loader (workers, persistent), every default callback ---------
+
+# Three epochs of four steps at 32 px, through train.py with the default callbacks and loggers and
+# the default loader: data.num_workers=auto (one worker on two cores) with persistent workers.
+KILLABLE = [
+    "experiment=quickstart",
+    "model.height=32",
+    "model.width=32",
+    "data.sizes.train=16",
+    "data.sizes.val=6",
+    "data.sizes.test=5",
+    "data.batch_size=4",
+    "data.eval_batch_size=4",
+    "data.num_workers=auto",
+    "data.augment.scale=[0.8,1.2]",
+    "trainer.max_epochs=3",
+    "trainer.log_every_n_steps=2",
+    "scheduler.warmup_steps=2",
+    "callbacks.validation_samples.num_samples=2",
+    "worst_cases=2",
+]
+KILLS = {
+    "mid_epoch": ("train_batch", 6),  # inside epoch 2
+    "mid_validation": ("validation_batch", 8),  # validating epoch 2
+    "mid_checkpoint": ("checkpoint", 8),  # writing epoch 2's checkpoints
+}
+
+
+def run_train(run_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent), "OMP_NUM_THREADS": "1"}
+    return subprocess.run(
+        [sys.executable, "train.py", *KILLABLE, f"hydra.run.dir={run_dir}", *overrides],
+        cwd=Path(__file__).resolve().parents[1],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_cli(tmp_path_factory) -> Path:
+    run_dir = tmp_path_factory.mktemp("cli") / "uninterrupted"
+    result = run_train(run_dir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return run_dir
+
+
+def kill_and_resume(run_dir: Path, point: str, step: int) -> dict:
+    killed = run_train(
+        run_dir,
+        "+callbacks.killer._target_=killers.KillAt",
+        f"+callbacks.killer.point={point}",
+        f"+callbacks.killer.step={step}",
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    resumed = run_train(run_dir, "ckpt_path=last")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    return _final_state(run_dir)
+
+
+def assert_same_weights(run_dir: Path, reference_dir: Path) -> None:
+    resumed, reference = _final_state(run_dir), _final_state(reference_dir)
+    assert resumed["global_step"] == reference["global_step"] == 12
+    for name, weight in reference["state_dict"].items():
+        assert torch.equal(resumed["state_dict"][name], weight), name
+    # The resumed run's scores are the uninterrupted run's.
+    scores = json.loads((run_dir / "metrics.json").read_text())
+    expected = json.loads((reference_dir / "metrics.json").read_text())
+    assert scores["val/mIoU"] == expected["val/mIoU"]
+
+
+def test_a_run_killed_mid_epoch_with_loader_workers_resumes_to_the_same_weights(
+    uninterrupted_cli, tmp_path
+):
+    kill_and_resume(tmp_path / "run", *KILLS["mid_epoch"])
+    assert_same_weights(tmp_path / "run", uninterrupted_cli)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("when", ["mid_validation", "mid_checkpoint"])
+def test_a_run_killed_anywhere_resumes_to_the_same_weights(uninterrupted_cli, tmp_path, when):
+    kill_and_resume(tmp_path / "run", *KILLS[when])
+    if when == "mid_checkpoint":  # the interrupted write left its temporary file, nothing else
+        assert list((tmp_path / "run" / "checkpoints").glob(".partial-checkpoint-*"))
+    assert_same_weights(tmp_path / "run", uninterrupted_cli)

@@ -140,5 +140,6 @@ def test_a_misspelled_optimized_metric_ends_the_run(tmp_path):
         timeout=600,
     )
     assert result.returncode == 1
-    assert "optimized_metric='val/miou' is not among the run's metrics" in result.stderr
-    assert "val/mIoU" in result.stderr
+    assert "optimized_metric='val/miou' is not a metric this run reports" in result.stderr
+    assert "val/mIoU" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "checkpoints").exists()  # refused before training

@@ -14,7 +14,9 @@ import torch
 from omegaconf import OmegaConf
 
 from helpers import compose_config, tiny
-from segfw.commands.tasks import build_datamodule, build_module, build_trainer, evaluate, train
+from segfw.commands.config import build_datamodule, build_module, build_trainer
+from segfw.commands.evaluate import evaluate
+from segfw.commands.train import train
 from segfw.errors import NonFiniteLossError
 from segfw.training.module import SegmentationModule
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from collections.abc import Mapping, Sequence
-from functools import partial
 from typing import Any
 
 import pytorch_lightning as pl
@@ -19,10 +19,17 @@ from segfw.data.dataset import DataSpec, SampleSource, SegmentationDataset
 from segfw.data.files import FilePairs
 from segfw.data.formats import open_split
 from segfw.data.problems import summary
-from segfw.data.transforms import eval_transform, pad_collate, train_transform
-from segfw.errors import ConfigError
+from segfw.data.samplers import EvaluationBatches, TrainingSampler
+from segfw.data.transforms import eval_transform, train_transform
+from segfw.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
+
+# Lightning warns that a checkpoint saved inside an epoch resumes with a loader that is not
+# resumable; this datamodule resumes it through its own state (state_dict below), unseen there.
+warnings.filterwarnings(
+    "ignore", "You're resuming from a checkpoint that ended before the epoch ended", UserWarning
+)
 
 # More loader processes than this rarely help one GPU, and each holds a copy of the dataset index.
 MAX_AUTO_WORKERS = 8
@@ -56,6 +63,8 @@ class SegmentationDataModule(pl.LightningDataModule):
         eval_mode: ``fit`` or ``whole``; see ``segfw.data.transforms.eval_transform``.
         check: how closely each split is checked when first opened: ``files``, ``headers`` or
             ``full``; see ``segfw.data.check``.
+        training_seed: seeds the training order and augmentation, each sample's from
+            ``(training_seed, epoch, index)`` alone (``segfw.data.samplers``).
         **format_args: the format's own keys (``root`` for files on disk); checked by its reader.
     """
 
@@ -78,6 +87,7 @@ class SegmentationDataModule(pl.LightningDataModule):
         augment: Mapping[str, Any] | None = None,
         eval_mode: str = "fit",
         check: str = "headers",
+        training_seed: int = 0,
         **format_args: Any,
     ) -> None:
         super().__init__()
@@ -108,6 +118,8 @@ class SegmentationDataModule(pl.LightningDataModule):
         if prefetch_factor < 1:
             raise ConfigError(f"data.prefetch_factor={prefetch_factor} must be >= 1.")
         choose(CHECKS, check, "data.check")
+        if training_seed < 0:
+            raise ConfigError(f"seed={training_seed} must be >= 0.")
         augment = dict(augment or {})
         check_arguments(train_transform, augment, "data.augment", skip=3)
         self.save_hyperparameters()
@@ -118,122 +130,199 @@ class SegmentationDataModule(pl.LightningDataModule):
         self.train_transform = train_transform(height, width, ignore_index, **augment)
         self.eval_transform = eval_transform(height, width, ignore_index, eval_mode)
         self.datasets: dict[str, SegmentationDataset] = {}
+        self.resume_at: tuple[int, int] | None = None  # (epoch, samples) of a loaded checkpoint
 
     def source(self, stage: str) -> SampleSource:
-        """The samples of ``stage`` (train, val or test), listed but not checked."""
+        """The samples of ``stage`` (train, val or test), listed but not checked.
+
+        Raises:
+            ConfigError: the stage has no split, or its files are not laid out as expected.
+        """
         split = self.splits.get(stage)
         if split is None:
             raise ConfigError(
                 f"The dataset has no {stage} split (data.splits.{stage}=null); set "
                 f"data.splits.{stage} to the folder that holds it."
             )
-        return open_split(self.hparams.format, split, self.spec, self.format_args)
+        try:
+            return open_split(self.hparams["format"], split, self.spec, self.format_args)
+        except ConfigError as error:
+            if stage == "train":
+                raise
+            raise ConfigError(
+                f"{error} If the dataset has no {stage} split, pass data.splits.{stage}=null."
+            ) from None
 
     def dataset(self, stage: str) -> SegmentationDataset:
         """The dataset of ``stage``, opened and checked (``data.check``) on first use.
 
         Raises:
-            ConfigError: the split's files have problems; the message names them.
+            ConfigError: the split cannot be opened.
+            DataError: the split's files have problems; the message names them.
         """
         if stage not in self.datasets:
             hp = self.hparams
             source = self.source(stage)
             problems = list(source.problems) if isinstance(source, FilePairs) else []
-            if not problems and hp.check == "headers":
+            if not problems and hp["check"] == "headers":
                 problems = header_problems(source)
-            elif not problems and hp.check == "full":
+            elif not problems and hp["check"] == "full":
                 problems = self._scan(stage, source, images=True).problems
             if problems:
-                raise ConfigError(summary(problems, self.splits[stage]))
+                raise DataError(summary(problems, str(self.splits[stage])), problems[0].kind)
             transform = self.train_transform if stage == "train" else self.eval_transform
             self.datasets[stage] = SegmentationDataset(
-                source, transform, hp.num_classes, hp.ignore_index, random=stage == "train"
+                source, transform, hp["num_classes"], hp["ignore_index"], random=stage == "train"
             )
         return self.datasets[stage]
+
+    def check_splits(self, stages: Sequence[str]) -> None:
+        """Opens and checks the splits of ``stages`` now, so that a missing or broken split stops
+        a run before its first step rather than after its last."""
+        for stage in stages:
+            self.dataset(stage)
 
     def class_pixels(self, stage: str = "train") -> SplitScan:
         """Pixels per class over the masks of ``stage`` (images are not decoded).
 
         Raises:
-            ConfigError: a mask is unreadable or holds values that are neither a class nor
+            DataError: a mask is unreadable or holds values that are neither a class nor
                 ``ignore_index``.
         """
         result = self._scan(stage, self.source(stage), images=False)
         if result.problems:
-            raise ConfigError(summary(result.problems, self.splits[stage]))
+            raise DataError(
+                summary(result.problems, str(self.splits[stage])), result.problems[0].kind
+            )
         return result
 
     def _scan(self, stage: str, source: SampleSource, images: bool) -> SplitScan:
         hp = self.hparams
         label = f"the {self.splits[stage]} split"
-        return scan(source, hp.num_classes, hp.ignore_index, images, self.workers(), label)
+        return scan(source, hp["num_classes"], hp["ignore_index"], images, self.workers(), label)
 
     def has_split(self, stage: str) -> bool:
         return self.splits.get(stage) is not None
 
+    def state_dict(self) -> dict[str, int]:
+        """Where training stands in its epoch, which Lightning saves into checkpoints: a checkpoint
+        saved inside an epoch (a SLURM requeue) resumes after the samples already trained.
+
+        The training loop's count, not the loader's, whose iterator runs ahead (workers,
+        prefetching). Lightning's own resumable-loader path (a loader with ``state_dict``) is not
+        used: it loses the state whenever the training loader is asked for before the loops are
+        restored, e.g. by ``trainer.estimated_stepping_batches`` in ``configure_optimizers``
+        (Lightning issue #20550); the DataModule's state is restored before anything asks.
+        """
+        if self.trainer is None:
+            return {}
+        progress = self.trainer.fit_loop.epoch_loop.batch_progress
+        batches = progress.current.processed  # type: ignore[attr-defined]  # a _ProcessedTracker
+        if progress.is_last_batch or batches >= self.trainer.num_training_batches:
+            # Saved at the epoch's end (last.ckpt): the next pass is the next epoch, whole.
+            return {"epoch": self.trainer.current_epoch + 1, "samples": 0}
+        return {
+            "epoch": self.trainer.current_epoch,
+            "samples": batches * self.hparams["batch_size"],
+        }
+
+    def load_state_dict(self, state_dict: dict[str, int]) -> None:
+        if state_dict:  # empty when saved outside a Trainer
+            self.resume_at = (state_dict["epoch"], state_dict["samples"])
+
     def setup(self, stage: str) -> None:
+        if self.trainer is not None and self.trainer.world_size > 1:
+            # Lightning would wrap the loaders' samplers in its DistributedSampler, which repeats
+            # images to even out the processes' shares; these loaders shard the data themselves.
+            connector = getattr(self.trainer, "_accelerator_connector", None)
+            if getattr(connector, "use_distributed_sampler", False):
+                raise ConfigError(
+                    "SegmentationDataModule gives each process its own share of the data: create "
+                    "the Trainer with use_distributed_sampler=False."
+                )
         # Open and check splits up front so that data errors surface before the first step.
         stages = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}
-        for name in stages.get(stage, ()):
-            self.dataset(name)
+        self.check_splits(stages.get(stage, ()))
 
     def train_dataloader(self) -> DataLoader:
         dataset = self.dataset("train")
+        replicas, rank = self._processes()
+        sampler = TrainingSampler(len(dataset), self.hparams["training_seed"], replicas, rank)
+        if self.resume_at is not None:
+            # A resumed run: Lightning asks for this loader (estimated_stepping_batches) and may
+            # start its iterator (workers) before it restores the loop's epoch. Its first pass
+            # is the rest of the checkpoint's epoch.
+            epoch, samples = self.resume_at
+            sampler.set_epoch(epoch)
+            sampler.skip(epoch, samples)
+            self.resume_at = None
+        elif self.trainer is not None:
+            # Lightning creates the loader's iterator before it calls set_epoch on a resumed run:
+            # start at the epoch it is about to pass.
+            sampler.set_epoch(self.trainer.fit_loop.epoch_progress.current.processed)  # type: ignore[attr-defined]
         # A last batch of one image breaks batch norm; drop the remainder when there is one.
-        drop_last = len(dataset) > self.hparams.batch_size
-        return self._loader(dataset, self.hparams.batch_size, shuffle=True, drop_last=drop_last)
+        drop_last = len(sampler) > self.hparams["batch_size"]
+        return self._loader(
+            dataset, self.hparams["batch_size"], sampler=sampler, drop_last=drop_last
+        )
 
     def val_dataloader(self) -> DataLoader:
-        return self._eval_loader("val")
+        return self.eval_dataloader("val")
 
     def test_dataloader(self) -> DataLoader:
-        return self._eval_loader("test")
+        return self.eval_dataloader("test")
 
-    def _eval_loader(self, stage: str) -> DataLoader:
+    def eval_dataloader(self, stage: str, batch_size: int | None = None) -> DataLoader:
+        """The images and labels of ``stage``, each on one process only, in batches of images of
+        one size (``SegmentationModule`` pads each to its network's input divisor).
+
+        Args:
+            stage: val or test.
+            batch_size: images per batch; ``None``: ``data.eval_batch_size``.
+        """
         hp = self.hparams
-        collate = partial(pad_collate, ignore_index=hp.ignore_index, divisor=self._input_divisor())
-        batch_size = hp.eval_batch_size or hp.batch_size
-        return self._loader(self.dataset(stage), batch_size, collate_fn=collate)
+        dataset = self.dataset(stage)
+        if hp["eval_mode"] == "whole":
+            sizes = [dataset.source.image_size(i) for i in range(len(dataset))]
+        else:  # every image comes out of the transform at the input size
+            sizes = [(hp["height"], hp["width"])] * len(dataset)
+        replicas, rank = self._processes()
+        batches = EvaluationBatches(
+            sizes, batch_size or hp["eval_batch_size"] or hp["batch_size"], replicas, rank
+        )
+        return self._loader(dataset, batch_sampler=batches)
 
-    def _input_divisor(self) -> int:
-        # Whole images are padded to a size the network takes: a multiple of its input divisor,
-        # which the Trainer's module knows. Outside a Trainer nothing needs it.
-        if self.trainer is None or self.trainer.lightning_module is None:
-            return 1
-        return self.trainer.lightning_module.net.input_divisor
+    def _processes(self) -> tuple[int, int]:
+        """(number of processes, this one's rank)."""
+        if self.trainer is None:
+            return 1, 0
+        return self.trainer.world_size, self.trainer.global_rank
 
     def workers(self) -> int:
         """The number of DataLoader worker processes ``data.num_workers`` stands for."""
-        if self.hparams.num_workers != "auto":
-            return self.hparams.num_workers
+        if self.hparams["num_workers"] != "auto":
+            return self.hparams["num_workers"]
         cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
         devices = self.trainer.num_devices if self.trainer is not None else 1
         return max(1, min(MAX_AUTO_WORKERS, (cpus or 1) // devices - 1))
 
     def _pin_memory(self) -> bool:
-        if self.hparams.pin_memory != "auto":
-            return self.hparams.pin_memory
+        if self.hparams["pin_memory"] != "auto":
+            return self.hparams["pin_memory"]
         if self.trainer is not None:
             return isinstance(self.trainer.accelerator, CUDAAccelerator)
         return torch.cuda.is_available()
 
     def _loader(
-        self,
-        dataset: SegmentationDataset,
-        batch_size: int,
-        shuffle: bool = False,
-        drop_last: bool = False,
-        collate_fn=None,
+        self, dataset: SegmentationDataset, batch_size: int = 1, **options: Any
     ) -> DataLoader:
         workers = self.workers()
         return DataLoader(
             dataset,
-            batch_size=batch_size,
-            shuffle=shuffle,
-            drop_last=drop_last,
-            collate_fn=collate_fn,
+            batch_size=1 if "batch_sampler" in options else batch_size,  # torch's rule
             num_workers=workers,
             pin_memory=self._pin_memory(),
-            persistent_workers=self.hparams.persistent_workers and workers > 0,
-            prefetch_factor=self.hparams.prefetch_factor if workers > 0 else None,
+            persistent_workers=self.hparams["persistent_workers"] and workers > 0,
+            prefetch_factor=self.hparams["prefetch_factor"] if workers > 0 else None,
+            **options,
         )

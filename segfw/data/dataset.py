@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import albumentations as A
 import numpy as np
@@ -40,8 +40,16 @@ class SampleSource(Protocol):
         """The mask file (or generator address) of a sample, for error messages."""
         ...
 
+    def image_path(self, index: int) -> str:
+        """The image file (or generator address) of a sample, for reports."""
+        ...
+
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """An RGB uint8 image (H, W, 3) and a uint8 class-index mask (H, W)."""
+        ...
+
+    def image_size(self, index: int) -> tuple[int, int]:
+        """The (height, width) of a sample, without decoding it."""
         ...
 
 
@@ -57,8 +65,10 @@ class SegmentationDataset(Dataset):
         transform: albumentations pipeline applied to image and mask together.
         num_classes: valid mask values are ``0 .. num_classes - 1`` and ``ignore_index``.
         ignore_index: mask value excluded from the loss and the metrics.
-        random: draw the transform's randomness from torch's generator, so that
-            ``seed_everything`` (and each DataLoader worker's seed) governs augmentation.
+        random: the transform is random: each item is asked for as ``(index, seed)``
+            (:class:`segfw.data.samplers.TrainingSampler`) and its augmentation drawn from that
+            seed alone, so that it does not depend on which worker loads it or what that worker
+            loaded before. A plain index draws from a seed of torch's generator.
     """
 
     def __init__(
@@ -78,12 +88,15 @@ class SegmentationDataset(Dataset):
     def __len__(self) -> int:
         return len(self.source)
 
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+    def __getitem__(self, item: int | tuple[int, int]) -> dict[str, Any]:
+        index, seed = item if isinstance(item, tuple) else (item, None)
         image, mask = self.source.load(index)
-        label_histogram(mask, self.num_classes, self.ignore_index, self.source.name(index))
+        check_labels(mask, self.num_classes, self.ignore_index, self.source.name(index))
         if self.random:
-            # albumentations keeps its own generator, blind to global seeds: reseed it from torch.
-            self.transform.set_random_seed(int(torch.randint(0, 2**31 - 1, ()).item()))
+            # albumentations keeps its own generators, blind to global seeds: seed them per item.
+            if seed is None:
+                seed = int(torch.randint(0, 2**31 - 1, ()).item())
+            self.transform.set_random_seed(seed)
         out = self.transform(image=image, mask=mask)
         return {
             "image": torch.from_numpy(np.ascontiguousarray(out["image"].transpose(2, 0, 1))),
@@ -92,8 +105,9 @@ class SegmentationDataset(Dataset):
         }
 
 
-def label_histogram(mask: np.ndarray, num_classes: int, ignore_index: int, name: str) -> np.ndarray:
-    """Pixels per mask value (256 bins), after checking every value is a class or ignore_index.
+def check_labels(mask: np.ndarray, num_classes: int, ignore_index: int, name: str) -> np.ndarray:
+    """Checks that every value of a mask is a class or ``ignore_index``; returns the pixels per
+    mask value (256 bins), which the check counts anyway.
 
     Raises:
         DataError: the mask holds other values; the message names the sample.

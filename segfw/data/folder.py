@@ -9,6 +9,7 @@ from segfw.data.files import (
     ColourMasks,
     FilePairs,
     IndexMasks,
+    MaskFormat,
     dataset_root,
     pair_with_png_masks,
     require,
@@ -51,7 +52,7 @@ def read_folder(
                 "data.ignore_colors is set but data.mask_colors is null: colours only mean "
                 "something for colour-coded masks; list each class's colour in data.mask_colors."
             )
-        masks = IndexMasks()
+        masks: MaskFormat = IndexMasks()
     else:
         if len(mask_colors) != spec.num_classes:
             raise ConfigError(

@@ -99,6 +99,12 @@ class ShapesSource:
     def name(self, index: int) -> str:
         return f"shapes/{self.split}/{index:06d}"
 
+    def image_size(self, index: int) -> tuple[int, int]:
+        return self.height, self.width
+
+    def image_path(self, index: int) -> str:
+        return self.name(index)
+
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """Returns the ``index``-th sample as an RGB uint8 image (H, W, 3) and a uint8 mask (H, W)."""
         rng = np.random.default_rng([self.seed, _SPLIT_STREAM[self.split], index])
@@ -200,4 +206,5 @@ def _contrasting_colour(
         colour = rng.integers(0, 256, 3)
         if np.abs(colour - under).sum() > 120:
             break
-    return tuple(int(c) for c in colour)
+    red, green, blue = (int(c) for c in colour)
+    return red, green, blue

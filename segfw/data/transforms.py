@@ -8,13 +8,11 @@ Colour steps touch the image alone.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import albumentations as A
 import cv2
-import torch
 
 from segfw.choices import choose
 from segfw.errors import ConfigError
@@ -125,8 +123,8 @@ def eval_transform(height: int, width: int, ignore_index: int, mode: str = "fit"
         ignore_index: fill value of padded mask pixels, so padding is left out of the metrics.
         mode: ``fit``: shrink the image to fit ``height x width`` keeping its aspect ratio (never
             enlarge it), then pad it there at the bottom and right; scores are taken at that
-            resolution. ``whole``: the image as it is; ``pad_collate`` pads each batch instead,
-            and scores are taken at the labels' full resolution.
+            resolution. ``whole``: the image as it is, scored at the labels' full resolution
+            (the module pads it to its network's input divisor).
 
     Raises:
         ConfigError: unknown mode.
@@ -151,25 +149,3 @@ def eval_transform(height: int, width: int, ignore_index: int, mode: str = "fit"
             ),
         ]
     )
-
-
-def pad_collate(
-    samples: list[dict[str, Any]], ignore_index: int, divisor: int = 1
-) -> dict[str, torch.Tensor]:
-    """Stacks images of different sizes: each is padded at the bottom and right to the batch's
-    largest height and width, rounded up to a multiple of ``divisor`` (the network's input
-    divisor); padded mask pixels get ``ignore_index``, so the metrics skip them.
-    """
-    height = math.ceil(max(s["image"].shape[1] for s in samples) / divisor) * divisor
-    width = math.ceil(max(s["image"].shape[2] for s in samples) / divisor) * divisor
-    images = torch.zeros((len(samples), 3, height, width), dtype=torch.uint8)
-    masks = torch.full((len(samples), height, width), ignore_index, dtype=torch.uint8)
-    for i, sample in enumerate(samples):
-        h, w = sample["mask"].shape
-        images[i, :, :h, :w] = sample["image"]
-        masks[i, :h, :w] = sample["mask"]
-    return {
-        "image": images,
-        "mask": masks,
-        "index": torch.tensor([s["index"] for s in samples]),
-    }

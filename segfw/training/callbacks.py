@@ -5,19 +5,28 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import RichProgressBar
-from pytorch_lightning.loggers import TensorBoardLogger, WandbLogger
+from pytorch_lightning.callbacks import ModelCheckpoint, RichProgressBar
+from pytorch_lightning.loggers import Logger, TensorBoardLogger, WandbLogger
 from pytorch_lightning.trainer.states import TrainerFn
 from pytorch_lightning.utilities import rank_zero_only
 
+from segfw.data.samplers import like_sized_batches
 from segfw.errors import ConfigError
-from segfw.visualize import checkpoint_palette, confusion_figure, sample_strip, shrink
+from segfw.training.review import gallery
+from segfw.visualize import (
+    checkpoint_palette,
+    confusion_figure,
+    error_map,
+    sample_strip,
+    shrink,
+)
 
 log = logging.getLogger(__name__)
 
@@ -27,9 +36,11 @@ class ValidationSamples(pl.Callback):
     (images) and wandb (images with toggleable ground-truth and prediction masks).
 
     The samples are spread evenly over the validation split and stay the same every epoch, so the
-    dashboards show how the predictions on each change. The cost is one forward pass over
-    ``num_samples`` images at the end of a validation epoch; nothing happens per step, during the
-    sanity check, outside ``fit``, or when no TensorBoard or wandb logger is attached.
+    dashboards show how the predictions on each change. The cost is a forward pass over
+    ``num_samples`` images at the end of a validation epoch, batched and padded as validation
+    does (so images of any size work, and the pictures show what validation scored); nothing
+    happens per step, during the sanity check, outside ``fit``, or when no TensorBoard or wandb
+    logger is attached.
 
     Works with :class:`segfw.training.module.SegmentationModule`: it reads the ``class_names``,
     ``palette`` and ``ignore_index`` hyperparameters and the ``last_confusion`` matrices.
@@ -82,12 +93,12 @@ class ValidationSamples(pl.Callback):
         palette = checkpoint_palette(hparams)
         samples = self._fixed_samples(trainer) if self.num_samples else None
         if samples is not None:
-            samples["prediction"] = self._predict(trainer, pl_module, samples["image"])
+            samples["prediction"] = self._predict(trainer, pl_module, samples)
         figure = None
         confusion = getattr(pl_module, "last_confusion", {}).get("val")
         if self.confusion_matrix and confusion is not None:
             title = f"val confusion matrix, epoch {trainer.current_epoch} (% of each true class)"
-            figure = confusion_figure(confusion.cpu().numpy(), hparams.class_names, title)
+            figure = confusion_figure(confusion.cpu().numpy(), hparams["class_names"], title)
         # The step Lightning logs this validation's scalars at (as its LearningRateMonitor does),
         # so that pictures and curves line up.
         step = trainer.fit_loop.epoch_loop._batches_that_stepped
@@ -99,8 +110,9 @@ class ValidationSamples(pl.Callback):
         log.debug("validation pictures drawn and logged in %.3f s", time.perf_counter() - start)
 
     def _fixed_samples(self, trainer: pl.Trainer) -> dict[str, Any] | None:
-        """The fixed validation samples, read once: ``image`` (N, 3, H, W) and ``mask`` (N, H, W)
-        uint8, the dataset ``index`` and ``name`` of each; ``None`` without validation data."""
+        """The fixed validation samples, read once: ``items`` (the dataset's samples, each at its
+        own size), the dataset ``index`` and ``name`` of each, and the validation ``loader``;
+        ``None`` without validation data."""
         if self._samples is None:
             loaders = trainer.val_dataloaders
             loader = loaders[0] if isinstance(loaders, (list, tuple)) else loaders
@@ -109,31 +121,43 @@ class ValidationSamples(pl.Callback):
             dataset = loader.dataset
             count = min(self.num_samples, len(dataset))
             indices = np.unique(np.linspace(0, len(dataset) - 1, count).round().astype(int))
-            items = [dataset[int(i)] for i in indices]
             source = getattr(dataset, "source", None)
             self._samples = {
-                "image": torch.stack([item["image"] for item in items]),
-                "mask": torch.stack([item["mask"] for item in items]),
+                "items": [dataset[int(i)] for i in indices],
                 "index": [int(i) for i in indices],
                 "name": [source.name(int(i)) if source else str(i) for i in indices],
+                "loader": loader,
             }
         return dict(self._samples)
 
     @staticmethod
     def _predict(
-        trainer: pl.Trainer, pl_module: pl.LightningModule, images: torch.Tensor
-    ) -> torch.Tensor:
-        """Class indices (N, H, W) uint8 on the CPU, at the precision validation runs at."""
-        with torch.no_grad(), trainer.precision_plugin.val_step_context():
-            logits = pl_module(images.to(pl_module.device))
-        return logits.argmax(1).to(torch.uint8).cpu()
+        trainer: pl.Trainer, pl_module: pl.LightningModule, samples: dict[str, Any]
+    ) -> list[torch.Tensor]:
+        """Class indices (H, W) uint8 on the CPU of each sample, at its own size.
+
+        The samples are batched and padded as validation batches them (at most the evaluation
+        batch size, images of one padded size together), so that the pictures show the
+        predictions validation scored, at the precision it ran at.
+        """
+        items, loader = samples["items"], samples["loader"]
+        batch_size = getattr(loader.batch_sampler, "batch_size", None) or 1
+        predictions: list[torch.Tensor] = [torch.empty(0)] * len(items)
+        for positions, batch in like_sized_batches(items, batch_size, loader.collate_fn):
+            with torch.no_grad(), trainer.precision_plugin.val_step_context():
+                logits = pl_module(batch["image"].to(pl_module.device))
+            labels = logits.argmax(1).to(torch.uint8).cpu()
+            for row, position in enumerate(positions):
+                height, width = items[position]["mask"].shape
+                predictions[position] = labels[row, :height, :width]
+        return predictions
 
     def _panels(self, samples: dict[str, Any], k: int) -> tuple[np.ndarray, ...]:
         """Sample ``k``'s image, ground truth and prediction as numpy, at most max_size."""
-        image = samples["image"][k].permute(1, 2, 0).numpy()
+        item = samples["items"][k]
         return (
-            shrink(image, self.max_size, nearest=False),
-            shrink(samples["mask"][k].numpy(), self.max_size, nearest=True),
+            shrink(item["image"].permute(1, 2, 0).numpy(), self.max_size, nearest=False),
+            shrink(item["mask"].numpy(), self.max_size, nearest=True),
             shrink(samples["prediction"][k].numpy(), self.max_size, nearest=True),
         )
 
@@ -149,7 +173,8 @@ class ValidationSamples(pl.Callback):
         if samples is not None:
             digits = len(str(max(samples["index"])))
             for k, index in enumerate(samples["index"]):
-                strip = sample_strip(*self._panels(samples, k), palette)
+                image, target, prediction = self._panels(samples, k)
+                strip = sample_strip(image, target, prediction, palette)
                 # Zero-padded so that TensorBoard's alphabetical order is the dataset order.
                 writer.add_image(f"val/samples/{index:0{digits}d}", strip, step, dataformats="HWC")
         if figure is not None:
@@ -165,8 +190,8 @@ class ValidationSamples(pl.Callback):
     ) -> None:
         import wandb
 
-        labels = dict(enumerate(hparams.class_names))
-        labels[hparams.ignore_index] = "ignored"
+        labels = dict(enumerate(hparams["class_names"]))
+        labels[hparams["ignore_index"]] = "ignored"
         media: dict[str, Any] = {}
         if samples is not None:
             images = []
@@ -188,7 +213,7 @@ class LogBestCheckpoint(pl.Callback):
     """When training ends, records the best checkpoint in every logger: as a ``model`` artifact
     (aliases ``best``, ``latest``) and summary values in wandb, and its path, monitored metric and
     score in the others (TensorBoard: a ``best_checkpoint`` text card; CSV and others: their
-    hyperparameters, ``hparams.yaml``).
+    hyperparameters, ``hparams["yaml"]``).
 
     The wandb artifact is named ``model-<run id>``: a resumed run adds a new version of it.
     """
@@ -196,7 +221,7 @@ class LogBestCheckpoint(pl.Callback):
     @rank_zero_only
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         checkpoint = trainer.checkpoint_callback
-        if checkpoint is None or not getattr(checkpoint, "best_model_path", ""):
+        if not isinstance(checkpoint, ModelCheckpoint) or not checkpoint.best_model_path:
             return
         path = Path(checkpoint.best_model_path).absolute()
         score = checkpoint.best_model_score
@@ -209,7 +234,7 @@ class LogBestCheckpoint(pl.Callback):
             if isinstance(logger, WandbLogger):
                 _wandb_artifact(logger, path, facts)
             elif isinstance(logger, TensorBoardLogger):
-                # Its hparams.yaml is written once, at the start: a text card shows the path.
+                # Its hparams["yaml"] is written once, at the start: a text card shows the path.
                 text = f"`{path}`  \n{checkpoint.monitor} = {facts['best_checkpoint_score']}"
                 logger.experiment.add_text("best_checkpoint", text, trainer.global_step)
             else:
@@ -247,9 +272,51 @@ class ProgressBar(RichProgressBar):
         self._read_at_step = 0
 
     def get_metrics(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:
-        recent = trainer.global_step - self._read_at_step < trainer.log_every_n_steps
+        interval = trainer.log_every_n_steps  # type: ignore[attr-defined]  # set at run time
+        recent = trainer.global_step - self._read_at_step < interval
         if trainer.training and self._shown is not None and recent:
             return self._shown
         self._read_at_step = trainer.global_step
         self._shown = super().get_metrics(trainer, pl_module)
         return self._shown
+
+
+def log_worst_cases(
+    loggers: Sequence[Logger],
+    stage: str,
+    cases: Sequence[dict[str, Any]],
+    palette: np.ndarray,
+    hparams: Mapping[str, Any],
+    step: int = 0,
+) -> None:
+    """The lowest-scoring images of a split (``segfw.training.review.worst_cases``) into each
+    TensorBoard logger (IMAGES, tag ``<stage>/worst_cases``: one picture, a row per image) and
+    each wandb logger (a ``<stage>/worst_cases`` Table: rank, dataset index, file, mIoU, the image
+    with its ground-truth and predicted masks under the class names, and the error map), so that
+    they can be sorted and filtered there."""
+    ignore_index = hparams["ignore_index"]
+    for logger in loggers:
+        if isinstance(logger, TensorBoardLogger):
+            picture = gallery(cases, palette, ignore_index)
+            logger.experiment.add_image(f"{stage}/worst_cases", picture, step, dataformats="HWC")
+        elif isinstance(logger, WandbLogger):
+            import wandb
+
+            labels = dict(enumerate(hparams["class_names"]))
+            labels[ignore_index] = "ignored"
+            table = wandb.Table(columns=["rank", "index", "file", "mIoU", "image", "error_map"])
+            for rank, case in enumerate(cases, start=1):
+                masks = {
+                    "ground_truth": {"mask_data": case["target"], "class_labels": labels},
+                    "prediction": {"mask_data": case["prediction"], "class_labels": labels},
+                }
+                table.add_data(
+                    rank,
+                    case["index"],
+                    case["name"],
+                    case["mIoU"],
+                    wandb.Image(case["image"], masks=masks),
+                    wandb.Image(error_map(case["target"], case["prediction"], ignore_index)),
+                )
+            media: dict[str, Any] = {f"{stage}/worst_cases": table}
+            logger.log_metrics(media, step=step)

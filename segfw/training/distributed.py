@@ -10,20 +10,20 @@ from __future__ import annotations
 
 import pytorch_lightning as pl
 import torch.distributed as dist
-from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
 from pytorch_lightning.accelerators import CPUAccelerator
+from pytorch_lightning.strategies import ParallelStrategy
 from pytorch_lightning.strategies.launchers import _SubprocessScriptLauncher
 
 from segfw.errors import ConfigError
 
 
-def check_launch(trainer: pl.Trainer, sync_batchnorm: bool) -> None:
+def check_launch(trainer: pl.Trainer, sync_batchnorm: bool, in_sweep: bool = False) -> None:
     """Refuses multi-process settings that would fail later, or worse, run wrongly.
 
     Args:
         trainer: the Trainer about to fit.
         sync_batchnorm: ``trainer.sync_batchnorm`` of the config.
+        in_sweep: the run is one job of a ``-m`` sweep.
 
     Raises:
         ConfigError: synchronized batch norm on CPU processes (torch has no CPU kernel for it), or
@@ -38,11 +38,13 @@ def check_launch(trainer: pl.Trainer, sync_batchnorm: bool) -> None:
             "trainer.sync_batchnorm=true needs GPUs: torch's SyncBatchNorm has no CPU kernel. "
             "With trainer.accelerator=cpu set trainer.sync_batchnorm=false."
         )
-    in_sweep = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+    strategy = trainer.strategy
     relaunches = (
-        isinstance(trainer.strategy.launcher, _SubprocessScriptLauncher)
+        isinstance(strategy, ParallelStrategy)
+        and isinstance(strategy.launcher, _SubprocessScriptLauncher)
         and trainer.world_size > 1
-        and not trainer.strategy.cluster_environment.creates_processes_externally
+        and strategy.cluster_environment is not None
+        and not strategy.cluster_environment.creates_processes_externally
     )
     if in_sweep and relaunches:
         raise ConfigError(

@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import Any
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, cast
 
 import pytorch_lightning as pl
 import torch
+import torch.nn.functional as F
+from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.utilities.types import OptimizerLRSchedulerConfig
 from torch import nn
 
-from segfw.errors import NonFiniteLossError
-from segfw.models import build_model, get_backbone
+from segfw.errors import ConfigError, NonFiniteLossError
+from segfw.inference.modes import Inference, build_inference
+from segfw.models import backbone_spec, build_model
 from segfw.training.losses import build_loss
-from segfw.training.metrics import ConfusionMatrix, scores_from_confusion
+from segfw.training.metrics import StageMetrics, scores_from_confusion
 from segfw.training.optim import build_optimizer, build_scheduler
 
 STAGES = ("train", "val", "test")
@@ -22,14 +28,20 @@ class SegmentationModule(pl.LightningModule):
     """Trains and evaluates a segmentation network.
 
     Every argument is a plain value (a config section as a dict), saved as a hyperparameter, so
-    ``SegmentationModule.load_from_checkpoint(path)`` rebuilds the module without Hydra.
+    ``SegmentationModule.load_from_checkpoint(path)`` (or :meth:`from_checkpoint`) rebuilds the
+    module without Hydra.
 
-    Batches hold ``image`` as uint8 (N, 3, H, W) and ``mask`` as uint8 (N, H, W); the module
-    normalizes with the backbone's statistics on its own device.
+    Batches hold ``image`` as uint8 (N, 3, H, W), ``mask`` as uint8 (N, H, W) and ``index`` (N,),
+    the images' dataset indices; the module normalizes with the backbone's statistics on its own
+    device.
+
+    Evaluation (validation and test) scores each split with one confusion matrix, and the loss as
+    the mean over images of each image's loss, so that neither depends on how images were batched
+    or spread over processes.
 
     Args:
         model: the ``model`` config (``name``, ``height``, ``width``, architecture arguments).
-        backbone: the ``backbone`` config (``name``, ``weights``).
+        backbone: the ``backbone`` config (``name``, ``weights``, ...).
         num_classes: number of classes.
         class_names: one name per class, for the per-class metric keys.
         ignore_index: mask value left out of the loss and the metrics.
@@ -43,7 +55,16 @@ class SegmentationModule(pl.LightningModule):
             and on GPU tensor cores; the weights saved are the same either way.
         compile: compile the network with ``torch.compile`` when training starts (slow first
             steps, faster ones after; the state dict keys stay unchanged).
+        inference: evaluate with an inference mode (``conf/inference/``: whole image, sliding
+            window, test-time augmentation; see ``segfw.inference.modes``), each image at its own
+            size, instead of one forward pass per batch. Batches must then hold unpadded images.
+        per_image: also count each evaluated image's own scores (``per_image_results``).
     """
+
+    # Buffers (register_buffer): the input statistics, and the count of non-finite losses.
+    mean: torch.Tensor
+    std: torch.Tensor
+    nonfinite_losses: torch.Tensor
 
     def __init__(
         self,
@@ -59,29 +80,62 @@ class SegmentationModule(pl.LightningModule):
         train_metrics: bool = False,
         channels_last: bool = False,
         compile: bool = False,
+        inference: Mapping[str, Any] | None = None,
+        per_image: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.net = build_model(model, backbone, num_classes)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.net.to(memory_format=self.memory_format)
-        spec = get_backbone(backbone["name"])
+        spec = backbone_spec(backbone)
         # Inputs arrive as 0..255; fold the 1/255 into the statistics.
         self.register_buffer("mean", torch.tensor(spec.mean).view(1, 3, 1, 1) * 255, False)
         self.register_buffer("std", torch.tensor(spec.std).view(1, 3, 1, 1) * 255, False)
         self.criterion = build_loss(loss or {"name": "ce"}, num_classes, ignore_index)
-        metric_stages = STAGES if train_metrics else STAGES[1:]
-        self.confusion = nn.ModuleDict(
-            {stage: ConfusionMatrix(num_classes, ignore_index) for stage in metric_stages}
+        self.inference: Inference | None = None
+        if inference is not None:
+            height, width = int(model["height"]), int(model["width"])
+            self.inference = build_inference(inference, height, width, self.net.input_divisor)
+        # One set of metrics per stage. ModuleDict keys must not shadow nn.Module attributes
+        # (a key "train" would collide with Module.train).
+        stages = STAGES if train_metrics else STAGES[1:]
+        self.metrics = nn.ModuleDict(
+            {
+                _key(s): StageMetrics(num_classes, ignore_index, per_image and s != "train")
+                for s in stages
+            }
         )
-        # Each stage's matrix of its latest epoch, for callbacks that draw it (segfw.training.callbacks).
+        # Each stage's matrix of its latest epoch, for callbacks that draw it (segfw.callbacks).
         self.last_confusion: dict[str, torch.Tensor] = {}
-        # Set by evaluate to score with an inference mode (segfw.inference.modes: sliding window,
-        # test-time augmentation) at the labels' resolution; None: one forward pass per batch.
-        self.inference: Callable[[nn.Module, torch.Tensor], torch.Tensor] | None = None
+        # Each stage's per-image (dataset indices, counts) of its latest epoch, with per_image.
+        self.per_image_results: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         # Count of non-finite losses, kept on the device and read only every log interval, so the
         # check costs no host synchronization per step.
         self.register_buffer("nonfinite_losses", torch.zeros((), dtype=torch.long), False)
+
+    @classmethod
+    def from_checkpoint(
+        cls,
+        checkpoint: str | Path | dict[str, Any],
+        map_location: str | torch.device = "cpu",
+        **overrides: Any,
+    ) -> SegmentationModule:
+        """The module of a checkpoint written by ``train.py``, in eval mode.
+
+        Args:
+            checkpoint: the ``.ckpt`` file, or its contents (:func:`load_checkpoint`).
+            map_location: where to put the weights.
+            **overrides: constructor arguments to change (e.g. ``inference``, ``per_image``).
+
+        Raises:
+            ConfigError: not a file, or not a segfw checkpoint.
+        """
+        if not isinstance(checkpoint, dict):
+            checkpoint = load_checkpoint(checkpoint, map_location)
+        module = cls(**{**checkpoint["hyper_parameters"], **overrides})
+        module.load_state_dict(checkpoint["state_dict"])
+        return module.to(map_location).eval()
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 (N, 3, H, W) images -> the float input the backbone was trained on."""
@@ -90,8 +144,23 @@ class SegmentationModule(pl.LightningModule):
         return (images.float() - self.mean) / self.std
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """Logits (N, num_classes, H, W) for uint8 images (N, 3, H, W)."""
-        return self.net(self.normalize(images))
+        """Logits (N, num_classes, H, W) for uint8 images (N, 3, H, W) of any size.
+
+        An image whose sides are not multiples of the network's input divisor is padded at the
+        bottom and right (with black, as training pads its crops) and the logits are cropped
+        back: the padding depends on the image alone, never on what it is batched with.
+        """
+        height, width = images.shape[-2:]
+        divisor = self.net.input_divisor
+        pad_bottom, pad_right = -height % divisor, -width % divisor
+        if pad_bottom or pad_right:
+            images = F.pad(images, (0, pad_right, 0, pad_bottom))
+        return self.net(self.normalize(images))[..., :height, :width]
+
+    def evaluation_logits(self, images: torch.Tensor) -> torch.Tensor:
+        """Logits for images (N, 3, H, W) of one size as evaluation computes them: one forward
+        pass, or the module's inference mode."""
+        return self(images) if self.inference is None else self.inference(self, images)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         target = batch["mask"].long()
@@ -99,42 +168,49 @@ class SegmentationModule(pl.LightningModule):
         loss = sum(w * self.criterion(logits, target) for logits, w in outputs.loss_terms)
         self.nonfinite_losses += (~torch.isfinite(loss.detach())).long()
         self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True)
-        if "train" in self.confusion:
-            self.confusion["train"].update(outputs.logits.detach().argmax(1), target)
+        if _key("train") in self.metrics:
+            self._metrics("train").update(outputs.logits.detach().argmax(1), target)
         return loss
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         # Read the device-side count every log interval and before each epoch's validation and
         # checkpoint, so that no checkpoint is ever written from a diverged model.
         last_of_epoch = batch_idx + 1 == self.trainer.num_training_batches
-        if last_of_epoch or self.global_step % self.trainer.log_every_n_steps == 0:
+        interval = self.trainer.log_every_n_steps  # type: ignore[attr-defined]  # set at run time
+        if last_of_epoch or self.global_step % interval == 0:
             self._stop_if_diverged()
 
     def _stop_if_diverged(self) -> None:
         count = int(self.nonfinite_losses.item())
-        if count:
-            directory = (
-                self.trainer.checkpoint_callback.dirpath
-                if self.trainer.checkpoint_callback
-                else None
-            )
-            raise NonFiniteLossError(
-                f"Training stopped: the loss became NaN or infinite ({count} step(s) up to global "
-                f"step {self.global_step}, epoch {self.current_epoch}). The checkpoints written "
-                f"before it are kept untouched in {directory}. Try a lower optimizer.lr, "
-                f"trainer.gradient_clip_val=1.0, or trainer.precision=32-true, and check the data."
-            )
+        if not count:
+            return
+        callback = self.trainer.checkpoint_callback
+        dirpath = callback.dirpath if isinstance(callback, ModelCheckpoint) else None
+        directory = Path(dirpath) if dirpath else None
+        if directory is not None and any(directory.glob("*.ckpt")):
+            kept = f"The checkpoints written before it are kept untouched in {directory}."
+        else:
+            kept = "No checkpoint had been written yet."
+        raise NonFiniteLossError(
+            f"Training stopped: the loss became NaN or infinite ({count} step(s) up to global "
+            f"step {self.global_step}, epoch {self.current_epoch}). {kept} Try a lower "
+            f"optimizer.lr, trainer.gradient_clip_val=1.0, or trainer.precision=32-true, and "
+            f"check the data."
+        )
 
     def on_train_epoch_end(self) -> None:
-        if "train" in self.confusion:
+        if _key("train") in self.metrics:
             self._log_scores("train")
 
     def _evaluation_step(self, batch: dict[str, torch.Tensor], stage: str) -> None:
         target = batch["mask"].long()
         images = batch["image"]
-        logits = self(images) if self.inference is None else self.inference(self, images)
-        self.log(f"{stage}/loss", self.criterion(logits, target), on_epoch=True, sync_dist=True)
-        self.confusion[stage].update(logits.argmax(1), target)
+        logits = self.evaluation_logits(images)
+        # Each image's own loss: a batch's mean would weigh images by how they were batched.
+        losses = torch.stack(
+            [self.criterion(logits[i : i + 1], target[i : i + 1]) for i in range(len(target))]
+        )
+        self._metrics(stage).update(logits.argmax(1), target, losses, batch["index"])
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         self._evaluation_step(batch, "val")
@@ -149,27 +225,37 @@ class SegmentationModule(pl.LightningModule):
         self._log_scores("test")
 
     def _log_scores(self, stage: str) -> None:
-        # compute() sums the matrices across processes; every rank then logs the same numbers.
-        confusion = self.confusion[stage].compute()
-        self.confusion[stage].reset()
+        # The states are summed across processes; every rank then logs the same numbers.
+        confusion, loss, per_image = self._metrics(stage).results()
         self.last_confusion[stage] = confusion
-        scores = scores_from_confusion(confusion, self.hparams.class_names)
-        self.log_dict({f"{stage}/{key}": value for key, value in scores.items()})
+        scores = scores_from_confusion(confusion, self.hparams["class_names"])
+        if not math.isnan(loss):
+            scores["loss"] = loss
+        if per_image is not None:
+            self.per_image_results[stage] = per_image
+        self.log_dict({f"{stage}/{name}": value for name, value in scores.items()})
+
+    def _metrics(self, stage: str) -> StageMetrics:
+        return cast(StageMetrics, self.metrics[_key(stage)])
 
     def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         return self(batch["image"]).argmax(1)
 
     def configure_model(self) -> None:
-        if self.hparams.compile:
+        if self.hparams["compile"]:
             # Module.compile() compiles in place: parameter names, and so checkpoints, stay the same.
             self.net.compile()
 
-    def configure_optimizers(self) -> dict[str, Any]:
-        optimizer = build_optimizer(self.hparams.optimizer or {"name": "adamw"}, self.parameters())
+    def configure_optimizers(self) -> OptimizerLRSchedulerConfig:
+        optimizer = build_optimizer(
+            self.hparams["optimizer"] or {"name": "adamw"}, self.parameters()
+        )
+        # The run's length, asked for at its first step past the warm-up: asking now would make
+        # Lightning set up the training data before a resumed run's state is restored.
         scheduler = build_scheduler(
-            self.hparams.scheduler or {"name": "constant"},
+            self.hparams["scheduler"] or {"name": "constant"},
             optimizer,
-            int(self.trainer.estimated_stepping_batches),
+            lambda: int(self.trainer.estimated_stepping_batches),
         )
         return {
             "optimizer": optimizer,
@@ -178,9 +264,44 @@ class SegmentationModule(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # The checkpoint holds trained weights: rebuilding the module from it must not fetch the
-        # initial backbone weights again (which would fail offline and be overwritten anyway).
+        # initial backbone weights again (which would fail offline and be overwritten anyway);
+        # and what evaluated it last (an inference mode, per-image counts) is no part of it.
         hparams = checkpoint["hyper_parameters"]
         checkpoint["hyper_parameters"] = {
             **hparams,
             "backbone": {**hparams["backbone"], "weights": None},
+            "inference": None,
+            "per_image": False,
         }
+
+
+def _key(stage: str) -> str:
+    return f"{stage}_stage"
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """The contents of a checkpoint written by ``train.py``.
+
+    Raises:
+        ConfigError: ``path`` is not a file, or not a segfw checkpoint.
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise ConfigError(
+            f"ckpt_path={str(path)!r} is not a file; pass a .ckpt written by train.py."
+        )
+    try:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as error:  # torch raises many types for a file that is no checkpoint
+        raise ConfigError(
+            f"ckpt_path={str(path)!r} cannot be read as a checkpoint: {type(error).__name__}: "
+            f"{str(error).splitlines()[0]}"
+        ) from None
+    if not isinstance(checkpoint, dict) or not {"hyper_parameters", "state_dict"} <= set(
+        checkpoint
+    ):
+        raise ConfigError(
+            f"ckpt_path={str(path)!r} is not a checkpoint written by train.py (it holds no "
+            f"hyper_parameters and state_dict)."
+        )
+    return checkpoint

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 from torch import nn
@@ -44,11 +44,15 @@ def _constant(progress: float) -> float:
     return 1.0
 
 
-SCHEDULES = {"poly": _poly, "cosine": _cosine, "constant": _constant}
+SCHEDULES: dict[str, Callable[..., float]] = {
+    "poly": _poly,
+    "cosine": _cosine,
+    "constant": _constant,
+}
 
 
 def build_scheduler(
-    config: dict, optimizer: torch.optim.Optimizer, total_steps: int
+    config: dict, optimizer: torch.optim.Optimizer, total_steps: int | Callable[[], int]
 ) -> torch.optim.lr_scheduler.LambdaLR:
     """A per-step schedule: linear warm-up over ``warmup_steps``, then the decay ``name``.
 
@@ -56,22 +60,33 @@ def build_scheduler(
         config: ``name`` (poly, cosine, constant), ``warmup_steps`` and the decay's own keys
             (``power``, ``min_lr_ratio``).
         optimizer: the optimizer whose learning rate it scales.
-        total_steps: optimizer steps in the whole run.
+        total_steps: optimizer steps in the whole run, or a function that tells them, asked
+            once, at the first step past the warm-up (the Trainer knows them only once it has
+            set up the training data, which must happen after a resumed run's state is restored).
     """
     args = dict(config)
     decay = choose(SCHEDULES, args.pop("name", None), "scheduler.name")
     warmup = int(args.pop("warmup_steps", 0))
     check_arguments(decay, args, "scheduler", skip=1)
-    if warmup < 0 or total_steps < 1:
-        raise ConfigError(
-            f"scheduler.warmup_steps={warmup} must be >= 0 and the run must have optimizer steps "
-            f"(got {total_steps})."
-        )
+    if warmup < 0:
+        raise ConfigError(f"scheduler.warmup_steps={warmup} must be >= 0.")
+    known: list[int] = [] if callable(total_steps) else [_checked(total_steps)]
+    ask = total_steps if callable(total_steps) else None
 
     def factor(step: int) -> float:
         if step < warmup:
             return (step + 1) / warmup
-        span = max(1, total_steps - warmup)
+        if step == warmup:  # the decay's start, whatever the run's length
+            return decay(0.0, **args)
+        if not known and ask is not None:
+            known.append(_checked(ask()))
+        span = max(1, known[0] - warmup)
         return decay(min(1.0, (step - warmup) / span), **args)
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def _checked(total_steps: int) -> int:
+    if total_steps < 1:
+        raise ConfigError(f"The run must have optimizer steps (got {total_steps}).")
+    return int(total_steps)

@@ -10,12 +10,13 @@ from __future__ import annotations
 import os
 import random
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
 import torch.distributed as dist
+from lightning_fabric.plugins import TorchCheckpointIO
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.utilities import rank_zero_warn
 
@@ -52,7 +53,7 @@ def resolve_ckpt_path(ckpt_path: str | None, trainer: pl.Trainer) -> str | None:
             "ckpt_path=last needs the checkpoint callbacks of conf/callbacks/default.yaml, with "
             "their dirpath; or pass ckpt_path=<a .ckpt file>."
         )
-    directories = [Path(d) for d in dirpaths]
+    directories = [Path(d) for d in dirpaths if d]
     name = f"{ModelCheckpoint.CHECKPOINT_NAME_LAST}{ModelCheckpoint.FILE_EXTENSION}"
     found = [d / name for d in directories if (d / name).is_file()]
     if not found:
@@ -112,7 +113,8 @@ class RandomState(pl.Callback):
 def _collect() -> dict[str, Any]:
     # Plain Python values only: checkpoints load with torch.load(weights_only=True), which refuses
     # numpy arrays, and all_gather_object cannot carry tensors (torch 2.14).
-    kind, keys, position, has_gauss, cached_gaussian = np.random.get_state()
+    state = cast(tuple[str, np.ndarray, int, int, float], np.random.get_state(legacy=True))
+    kind, keys, position, has_gauss, cached_gaussian = state
     return {
         "python": random.getstate(),
         "numpy": (kind, keys.tolist(), position, has_gauss, cached_gaussian),
@@ -132,3 +134,25 @@ def _restore(state: dict[str, Any]) -> None:
     torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
     if state["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all([torch.tensor(s, dtype=torch.uint8) for s in state["cuda"]])
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Writes each checkpoint into a temporary file beside it, then renames it into place.
+
+    A process killed while writing (SIGKILL, out of memory, preemption) leaves the previous
+    checkpoint whole and a stray ``.partial-checkpoint-<pid>``, never a truncated ``last.ckpt``
+    that the next ``ckpt_path=last`` could not read. The rename is atomic on every local file system.
+    """
+
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None
+    ) -> None:
+        target = Path(path)
+        if "://" in str(path):  # a remote store (s3://...): its own semantics
+            super().save_checkpoint(checkpoint, path, storage_options)
+            return
+        target.parent.mkdir(parents=True, exist_ok=True)
+        # A name that Lightning's search for the newest hpc_ckpt_<n>.ckpt does not match.
+        partial = target.with_name(f".partial-checkpoint-{os.getpid()}")
+        super().save_checkpoint(checkpoint, partial, storage_options)
+        os.replace(partial, target)
