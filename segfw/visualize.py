@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import cv2
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
@@ -50,6 +51,49 @@ def colorize(mask: np.ndarray, palette: np.ndarray) -> np.ndarray:
     return lookup[mask]
 
 
+def overlay(image: np.ndarray, mask: np.ndarray, palette: np.ndarray, alpha: float) -> np.ndarray:
+    """``image`` (H, W, 3) uint8 with each pixel's class colour blended in at weight ``alpha``
+    (mask values beyond the palette, such as ``ignore_index``, in IGNORE_COLOR)."""
+    # addWeighted blends uint8 to uint8 without a float copy of a possibly huge image.
+    return cv2.addWeighted(image, 1 - alpha, colorize(mask, palette), alpha, 0)
+
+
+# The error map's colours: right, wrong, and ignored (left out of the scores) pixels. Magenta is
+# in none of the dataset palettes segfw ships.
+RIGHT_COLOR = (40, 40, 40)
+WRONG_COLOR = (255, 0, 255)
+ERROR_MAP_LEGEND = "error map: dark grey = right, magenta = wrong, beige = ignored"
+
+
+def error_map(target: np.ndarray, prediction: np.ndarray, ignore_index: int) -> np.ndarray:
+    """RGB (H, W, 3): each pixel RIGHT_COLOR where the prediction equals the label, WRONG_COLOR
+    where it does not, IGNORE_COLOR where the label is ``ignore_index``."""
+    picture = np.where((prediction == target)[..., None], RIGHT_COLOR, WRONG_COLOR)
+    picture[target == ignore_index] = IGNORE_COLOR
+    return picture.astype(np.uint8)
+
+
+def captioned_rows(rows: Sequence[tuple[str, np.ndarray]], width: int | None = None) -> np.ndarray:
+    """RGB pictures stacked top to bottom, each under a line of caption text, on white.
+
+    Args:
+        rows: (caption, RGB uint8 picture) of each row.
+        width: the canvas width; ``None``: the widest picture's.
+    """
+    font = ImageFont.load_default(size=13)
+    line = 18
+    width = width or max(picture.shape[1] for _, picture in rows)
+    height = sum(line + picture.shape[0] + GAP for _, picture in rows)
+    canvas = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(canvas)
+    top = 0
+    for caption, picture in rows:
+        draw.text((2, top + 2), caption, fill="black", font=font)
+        canvas.paste(Image.fromarray(picture), (0, top + line))
+        top += line + picture.shape[0] + GAP
+    return np.asarray(canvas)
+
+
 def shrink(image: np.ndarray, max_size: int, nearest: bool) -> np.ndarray:
     """``image`` scaled down so that its longer side is at most ``max_size`` pixels.
 
@@ -68,21 +112,29 @@ def shrink(image: np.ndarray, max_size: int, nearest: bool) -> np.ndarray:
 
 
 def sample_strip(
-    image: np.ndarray, target: np.ndarray, prediction: np.ndarray, palette: np.ndarray
+    image: np.ndarray,
+    target: np.ndarray,
+    prediction: np.ndarray,
+    palette: np.ndarray,
+    ignore_index: int | None = None,
 ) -> np.ndarray:
-    """Image | ground truth | prediction side by side, the masks in the class palette.
+    """Image | ground truth | prediction side by side, the masks in the class palette; with
+    ``ignore_index``, also the error map (:func:`error_map`).
 
     Args:
         image: RGB uint8 (H, W, 3).
         target: class indices uint8 (H, W); ignored pixels drawn in IGNORE_COLOR.
         prediction: class indices uint8 (H, W).
         palette: uint8 (num_classes, 3).
+        ignore_index: the label of ignored pixels; ``None``: no error map.
 
     Returns:
-        uint8 (H, 3 W + 2 GAP, 3).
+        uint8 (H, 3 W + 2 GAP, 3), or (H, 4 W + 3 GAP, 3) with the error map.
     """
     gap = np.full((image.shape[0], GAP, 3), 255, dtype=np.uint8)
     panels = [image, gap, colorize(target, palette), gap, colorize(prediction, palette)]
+    if ignore_index is not None:
+        panels += [gap, error_map(target, prediction, ignore_index)]
     return np.concatenate(panels, axis=1)
 
 
@@ -140,15 +192,15 @@ def confusion_figure(confusion: np.ndarray, class_names: Sequence[str], title: s
                 )
 
     for i, name in enumerate(class_names):
-        y = top + i * cell + cell / 2
-        draw.text((left - pad / 2, y), name, fill="black", font=label_font, anchor="rm")
+        middle = top + i * cell + cell / 2
+        draw.text((left - pad / 2, middle), name, fill="black", font=label_font, anchor="rm")
     # Column names and the row axis title are drawn horizontally, then turned a quarter left to
     # read upwards.
     columns = Image.new("RGB", (label_width, num_classes * cell), "white")
     column_draw = ImageDraw.Draw(columns)
     for j, name in enumerate(class_names):
-        y = j * cell + cell / 2
-        column_draw.text((pad / 2, y), name, fill="black", font=label_font, anchor="lm")
+        middle = j * cell + cell / 2
+        column_draw.text((pad / 2, middle), name, fill="black", font=label_font, anchor="lm")
     canvas.paste(columns.rotate(90, expand=True), (left, top - label_width))
     draw.text(
         (left + num_classes * cell / 2, top - label_width - axis_height / 2),

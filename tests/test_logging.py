@@ -3,6 +3,7 @@ files, in the wandb offline run, in the CSV logger and in the run dir."""
 
 from __future__ import annotations
 
+import csv
 import io
 import json
 import logging
@@ -26,7 +27,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 
 from helpers import CONF, compose_config, tiny
-from segfw.commands.tasks import build_datamodule, build_module, train
+from segfw.commands.config import build_datamodule, build_logger, build_module
+from segfw.commands.train import train
 from segfw.errors import ConfigError
 from segfw.training.callbacks import ProgressBar
 from segfw.training.loggers import closing_wandb_run, wandb_logger
@@ -140,15 +142,16 @@ def test_tensorboard_holds_the_step_and_epoch_scalars(run):
 def test_tensorboard_shows_each_epochs_samples_and_confusion_matrix(run):
     events = _tensorboard(run.dir)
     images = events.Tags()["images"]
-    assert sorted(images) == [
+    per_epoch = [
         "val/confusion_matrix",
         "val/samples/00",
         "val/samples/05",
         "val/samples/10",
         "val/samples/15",
     ]
+    assert sorted(images) == [*per_epoch, "val/worst_cases"]
     scalar_steps = [e.step for e in events.Scalars("val/mIoU")[:EPOCHS]]
-    for tag in images:
+    for tag in per_epoch:
         assert [e.step for e in events.Images(tag)] == scalar_steps, tag
     figure = _decode(events.Images("val/confusion_matrix")[-1].encoded_image_string)
     assert figure.shape[0] > 100 and figure.shape[1] > 100
@@ -239,9 +242,43 @@ def test_wandb_masks_are_the_ground_truth_and_the_models_predictions(run, predic
     assert not torch.equal(predictions, masks)
 
 
+def test_worst_cases_go_to_tensorboard_and_to_a_wandb_table_in_per_image_order(run):
+    # per_image.csv: the final scoring's own score of every validation image.
+    with open(run.dir / "per_image.csv", newline="") as file:
+        rows = [row for row in csv.DictReader(file) if row["split"] == "val" and row["mIoU"]]
+    expected = sorted(rows, key=lambda row: float(row["mIoU"]))[: run.cfg.worst_cases]
+    # TensorBoard: the gallery, once, at the end of training.
+    (gallery,) = _tensorboard(run.dir).Images("val/worst_cases")
+    assert _decode(gallery.encoded_image_string).shape[0] > 64 * len(expected)
+    # wandb: a Table, one row per case, lowest first, with the masks under the class names.
+    (logged,) = [
+        row["val/worst_cases"]
+        for row in _history(_wandb_records(run.dir))
+        if "val/worst_cases" in row
+    ]
+    table = json.loads((_offline_dir(run.dir) / "files" / logged["path"]).read_text())
+    assert table["columns"] == ["rank", "index", "file", "mIoU", "image", "error_map"]
+    assert [row[1] for row in table["data"]] == [int(row["index"]) for row in expected]
+    scores = [row[3] for row in table["data"]]
+    assert scores == pytest.approx([float(row["mIoU"]) for row in expected], abs=1e-6)
+    # The images and their masks travel in the table's artifact, with the class names.
+    (artifact,) = [
+        r.artifact
+        for r in _wandb_records(run.dir)
+        if r.HasField("artifact") and r.artifact.type == "run_table"
+    ]
+    paths = [content.path for content in artifact.manifest.contents]
+    assert sum(p.startswith("media/classes/") for p in paths) == 1
+    assert sum(p.startswith("media/images/") for p in paths) >= 2 * len(expected)
+
+
 def test_best_checkpoint_is_a_wandb_artifact_and_its_path_is_in_the_other_loggers(run):
     best = Path(run.metrics["best_checkpoint"])
-    (artifact,) = [r.artifact for r in _wandb_records(run.dir) if r.HasField("artifact")]
+    (artifact,) = [
+        r.artifact
+        for r in _wandb_records(run.dir)
+        if r.HasField("artifact") and r.artifact.type == "model"
+    ]
     run_id = (run.dir / "wandb_id").read_text().strip()
     assert artifact.type == "model" and artifact.name == f"model-{run_id}"
     assert set(artifact.aliases) == {"best", "latest"}
@@ -309,9 +346,12 @@ def test_sweep_jobs_are_grouped_by_sweep_and_named_by_their_overrides(wandb_env,
     with open_dict(cfg):
         cfg.hydra.mode = RunMode.MULTIRUN
         cfg.hydra.sweep.dir = str(tmp_path / "2024-05-01_12-00-00")
+        cfg.output_dir = str(tmp_path)
+        cfg.logger.wandb.mode = "offline"
     HydraConfig.instance().set_config(cfg)
     try:
-        logger = wandb_logger(str(tmp_path), mode="offline")
+        # The command layer names the run and its group; the logger takes them as given.
+        logger = build_logger("wandb", cfg.logger.wandb)
         with closing_wandb_run():
             experiment = logger.experiment
             assert experiment.group == "quickstart-2024-05-01_12-00-00"

@@ -15,6 +15,7 @@ import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import cast
 
 import pytorch_lightning as pl
 from lightning_fabric.loggers.logger import rank_zero_experiment
@@ -24,14 +25,13 @@ from pytorch_lightning.utilities import rank_zero_only
 
 from segfw.choices import choose
 from segfw.errors import ConfigError
+from segfw.training.requeue import requeue_checkpoint
 
 log = logging.getLogger(__name__)
 
 # The run dir file holding the wandb run id, read back when the run is resumed.
 ID_FILE = "wandb_id"
 MODES = ("online", "offline", "disabled")
-# Command-line overrides left out of a run's default name.
-NOT_IN_NAME = ("logger", "ckpt_path")
 
 
 class CSVLogger(pl.loggers.CSVLogger):
@@ -44,7 +44,7 @@ class CSVLogger(pl.loggers.CSVLogger):
         if self._experiment is None:
             self._fs.makedirs(self.root_dir, exist_ok=True)
             self._experiment = _AppendingWriter(log_dir=self.log_dir)
-        return self._experiment
+        return cast(ExperimentWriter, self._experiment)
 
 
 class _AppendingWriter(ExperimentWriter):
@@ -74,17 +74,18 @@ def wandb_logger(
             into ``<save_dir>/wandb_id``.
         project: the wandb project.
         entity: the team or user owning the project; ``None``: the account's default entity.
-        group: ``None``: the sweep (the multirun dir's name, after the experiment's name if one
-            was chosen) or, for a single run, the experiment's name.
-        name: ``None``: the job's command-line overrides, sorted, without ``logger.*`` and
-            ``ckpt_path``.
+        group: runs to show together (the command layer passes the sweep or the experiment).
+        name: the run's name (the command layer passes the job's command-line overrides);
+            ignored when a run is continued, which keeps its name.
         tags: labels to filter runs by.
         mode: ``online``, ``offline`` or ``disabled``; ``None``: ``$WANDB_MODE`` if set, else
             ``online`` when W&B credentials are found (``WANDB_API_KEY``, ``wandb login``) and
             ``offline`` when none are.
         id: the wandb run id; ``None``: a new run, or the run of the run dir being resumed.
         resume_from: the ``ckpt_path`` training starts from. When it lies in a run dir that holds
-            a ``wandb_id`` (``last`` means this run dir), that wandb run is continued.
+            a ``wandb_id`` (``last`` means this run dir), that wandb run is continued; so is this
+            run dir's when ``None`` on a SLURM job requeued into it (Lightning resumes that from
+            its ``hpc_ckpt_<n>.ckpt``).
 
     Raises:
         ConfigError: an unknown mode, or ``online`` without credentials.
@@ -92,24 +93,20 @@ def wandb_logger(
     mode = _choose_mode(mode)
     resumed = _resumed_run_id(resume_from, Path(save_dir)) if id is None else None
     run_id = id or (resumed[0] if resumed else _new_run_id())
-    auto_name, auto_group = _hydra_labels()
-    if resumed:
-        # The continued run keeps its name; the resume command's overrides (ckpt_path=...) would
-        # rename it.
-        auto_name = None
     logger = WandbLogger(
         save_dir=save_dir,
         project=project,
         entity=entity,
-        group=group or auto_group,
-        name=name or auto_name,
+        group=group,
+        # The continued run keeps its name; the resume command's name could differ.
+        name=None if resumed else name,
         tags=list(tags),
         id=run_id,
         resume="allow",
         mode=mode,
         job_type="train",
     )
-    if rank_zero_only.rank == 0:
+    if rank_zero_only.rank == 0:  # type: ignore[attr-defined]  # set by Lightning at import
         Path(save_dir).mkdir(parents=True, exist_ok=True)
         (Path(save_dir) / ID_FILE).write_text(run_id + "\n")
         if resumed:
@@ -163,8 +160,13 @@ def _has_credentials() -> bool:
 def _resumed_run_id(resume_from: str | None, save_dir: Path) -> tuple[str, Path] | None:
     """The wandb id kept in the run dir of the checkpoint training resumes from, and that dir."""
     if resume_from is None:
-        return None
-    if resume_from == "last":
+        # A requeued SLURM job starts with ckpt_path=null, and Lightning resumes it from this run
+        # dir's hpc_ckpt_<n>.ckpt: this run dir's wandb run goes on, as with ``last``.
+        requeued = requeue_checkpoint(save_dir)
+        if requeued is None:
+            return None
+        resume_from, candidates = str(requeued), [save_dir]
+    elif resume_from == "last":
         candidates = [save_dir]
     else:
         checkpoint = Path(resume_from).expanduser().resolve()
@@ -176,30 +178,6 @@ def _resumed_run_id(resume_from: str | None, save_dir: Path) -> tuple[str, Path]
             return path.read_text().strip(), directory
     log.info("wandb: no %s beside %s; starting a new wandb run.", ID_FILE, resume_from)
     return None
-
-
-def _hydra_labels() -> tuple[str | None, str | None]:
-    """The job's wandb name and group from Hydra: ``(None, None)`` outside a Hydra app."""
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
-    if not HydraConfig.initialized():
-        return None, None
-    hydra = HydraConfig.get()
-    experiment = hydra.runtime.choices.get("experiment")
-    experiment = None if experiment in (None, "null") else experiment
-    if hydra.mode == RunMode.MULTIRUN:
-        group = "-".join(filter(None, [experiment, Path(hydra.sweep.dir).name]))
-    else:
-        group = experiment
-    # Hydra's override_dirname minus the overrides that do not change the result: where it is
-    # logged, and where it resumes from.
-    overrides = sorted(
-        override
-        for override in hydra.overrides.task
-        if not override.lstrip("+~").startswith(NOT_IN_NAME)
-    )
-    return ",".join(overrides) or None, group
 
 
 @contextmanager
@@ -223,7 +201,7 @@ def closing_wandb_run() -> Iterator[None]:
 def _finish(before: object, exit_code: int) -> None:
     wandb = sys.modules.get("wandb")
     run = wandb.run if wandb else None
-    if run is None or run is before:
+    if wandb is None or run is None or run is before:
         return
     offline = run.settings.mode == "offline"
     sync_dir = run.settings.sync_dir

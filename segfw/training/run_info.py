@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+import yaml
 from pytorch_lightning.loggers import Logger, TensorBoardLogger
 from pytorch_lightning.utilities import rank_zero_only
 from torch import nn
@@ -22,6 +22,8 @@ from torch.utils.tensorboard.summary import hparams
 
 # The module's epoch metrics, shown beside the hyperparameters in TensorBoard's HPARAMS tab (it
 # reads each run's last value of these scalars).
+# The distribution name at the head of a requirement ("torch==2.14.1" -> "torch").
+REQUIREMENT_NAME = re.compile(r"[A-Za-z0-9._-]+")
 HPARAM_METRICS = ("val/mIoU", "val/dice", "val/pixel_acc", "val/loss")
 # HPARAMS compares runs: the sections that shape the result come first (TensorBoard shows the first
 # columns), wiring that differs between runs without meaning (paths, callbacks, loggers) is left to
@@ -31,18 +33,24 @@ HPARAM_WIRING = ("config.output_dir", "config.callbacks.", "config.logger.", "ru
 
 
 @rank_zero_only
-def log_run_info(cfg: DictConfig, model: nn.Module, loggers: Iterable[Logger]) -> None:
-    """Writes ``<cfg.output_dir>/run_info.json`` and logs the config and run facts to ``loggers``.
+def log_run_info(config: dict[str, Any], model: nn.Module, loggers: Iterable[Logger]) -> None:
+    """Writes ``<config["output_dir"]>/run_info.json`` and logs the config and run facts to
+    ``loggers``.
 
-    The loggers get ``{"config": <resolved config>, "run": <run facts>}``: wandb as its run
-    config, CSV and TensorBoard in their ``hparams.yaml``; TensorBoard also in its HPARAMS tab
+    The loggers get ``{"config": <the run's settings>, "run": <run facts>}``: wandb as its run
+    config, CSV and TensorBoard in their ``hparams["yaml"]``; TensorBoard also in its HPARAMS tab
     (flattened, to compare a sweep's runs) and as a ``config`` text card.
+
+    Args:
+        config: the run's settings, plain values (the command layer resolves the config).
+        model: the module, for its parameter count.
+        loggers: where to log.
     """
     info = collect(model)
-    Path(cfg.output_dir, "run_info.json").write_text(json.dumps(info, indent=2) + "\n")
+    Path(config["output_dir"], "run_info.json").write_text(json.dumps(info, indent=2) + "\n")
     # Under keys of their own: Lightning logs the module's and the datamodule's hyperparameters
     # at the top level, where the data generator's ``seed`` would overwrite the run's.
-    params = {"config": OmegaConf.to_container(cfg, resolve=True), "run": info}
+    params = {"config": config, "run": info}
     for logger in loggers:
         logger.log_hyperparams(params)
         if isinstance(logger, TensorBoardLogger):
@@ -91,11 +99,12 @@ def git_state(directory: Path) -> dict[str, Any]:
 
 def package_versions() -> dict[str, str | None]:
     """Python, CUDA, cuDNN, segfw and each of segfw's declared dependencies."""
-    names = [
-        re.match(r"[A-Za-z0-9._-]+", line).group()
+    requirements = [
+        line
         for line in metadata.requires("segfw") or []
         if "extra ==" not in line  # the test and other optional extras
     ]
+    names = [match.group() for line in requirements if (match := REQUIREMENT_NAME.match(line))]
     versions: dict[str, str | None] = {
         "python": platform.python_version(),
         "cuda": torch.version.cuda,
@@ -127,7 +136,7 @@ def _tensorboard_hparams(logger: TensorBoardLogger, params: dict[str, Any]) -> N
     for summary in hparams(flat, dict.fromkeys(HPARAM_METRICS, 0.0)):
         writer.file_writer.add_summary(summary)
     # Four-space indentation makes the YAML a code block in TensorBoard's Markdown text cards.
-    text = OmegaConf.to_yaml(OmegaConf.create(params))
+    text = yaml.safe_dump(params, sort_keys=False, allow_unicode=True)
     writer.add_text("config", "    " + text.replace("\n", "\n    "))
 
 

@@ -1,0 +1,153 @@
+"""Where a model fails: each image's own scores, and the lowest-scoring images drawn.
+
+The scores come from :class:`segfw.training.metrics.PerImageCounts`, counted in the same pass as
+the split's confusion matrix; drawing the worst images predicts those few again.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from segfw.data import SegmentationDataModule
+from segfw.data.samplers import like_sized_batches
+from segfw.training.metrics import per_image_scores
+from segfw.training.module import SegmentationModule
+from segfw.visualize import (
+    ERROR_MAP_LEGEND,
+    captioned_rows,
+    checkpoint_palette,
+    sample_strip,
+    shrink,
+)
+
+# Longest side of each panel of a gallery row.
+PANEL_SIZE = 256
+# Pixels the gallery's legend line needs.
+LEGEND_WIDTH = 560
+
+
+def write_per_image_csv(
+    path: Path,
+    tables: Mapping[str, tuple[torch.Tensor, torch.Tensor]],
+    datamodule: SegmentationDataModule,
+    class_names: Sequence[str],
+) -> None:
+    """Writes one row per image: ``split, index, path, pixel_acc, mIoU, IoU/<class> ...``; a
+    score that does not exist (a class in neither the labels nor the prediction) is left empty.
+
+    Args:
+        path: the CSV file.
+        tables: stage -> (dataset indices, counts) of :class:`PerImageCounts`.
+        datamodule: where the images come from, for their paths.
+        class_names: one name per class.
+    """
+    with path.open("w", newline="") as file:
+        writer = csv.writer(file)
+        writer.writerow(
+            ["split", "index", "path", "pixel_acc", "mIoU", *(f"IoU/{c}" for c in class_names)]
+        )
+        for stage, (indices, counts) in tables.items():
+            source = datamodule.dataset(stage).source
+            scores = per_image_scores(counts)
+            for row, index in enumerate(indices.tolist()):
+                values = [scores["pixel_acc"][row], scores["mIoU"][row], *scores["IoU"][row]]
+                writer.writerow(
+                    [datamodule.splits[stage], index, source.image_path(index), *map(_cell, values)]
+                )
+
+
+def _cell(value: torch.Tensor) -> str:
+    number = float(value)
+    return "" if math.isnan(number) else f"{number:.6f}"
+
+
+def worst_indices(indices: torch.Tensor, counts: torch.Tensor, k: int) -> list[tuple[int, float]]:
+    """The ``k`` images of lowest mIoU, lowest first, as (dataset index, mIoU); images without a
+    score (no labelled pixel) are left out. Ties keep dataset order."""
+    scores = per_image_scores(counts)["mIoU"].tolist()
+    pairs = zip(indices.tolist(), scores, strict=True)
+    scored = [(score, index) for index, score in pairs if not math.isnan(score)]
+    scored.sort(key=lambda pair: pair[0])  # stable: equal scores stay in dataset order
+    return [(index, score) for score, index in scored[:k]]
+
+
+def worst_cases(
+    module: SegmentationModule,
+    datamodule: SegmentationDataModule,
+    stage: str,
+    indices: torch.Tensor,
+    counts: torch.Tensor,
+    k: int,
+) -> list[dict[str, Any]]:
+    """The ``k`` lowest-scoring images of ``stage``, predicted again as evaluation predicted them:
+    each a dict of ``index``, ``name`` (its image file), ``mIoU``, ``image`` (H, W, 3), ``target``
+    and ``prediction`` (H, W) uint8 numpy arrays."""
+    chosen = worst_indices(indices, counts, k)
+    dataset = datamodule.dataset(stage)
+    items = [dataset[index] for index, _ in chosen]
+    predictions: list[torch.Tensor] = [torch.empty(0)] * len(items)
+    batch_size = datamodule.hparams["eval_batch_size"] or datamodule.hparams["batch_size"]
+    collate = torch.utils.data.default_collate
+    with torch.inference_mode():
+        for positions, batch in like_sized_batches(items, batch_size, collate):
+            logits = module.evaluation_logits(batch["image"].to(module.device))
+            for row, position in enumerate(positions):
+                predictions[position] = logits[row].argmax(0).to(torch.uint8).cpu()
+    return [
+        {
+            "index": index,
+            "name": dataset.source.image_path(index),
+            "mIoU": score,
+            "image": item["image"].permute(1, 2, 0).numpy(),
+            "target": item["mask"].numpy(),
+            "prediction": prediction.numpy(),
+        }
+        for (index, score), item, prediction in zip(chosen, items, predictions, strict=True)
+    ]
+
+
+def gallery(cases: Sequence[dict[str, Any]], palette: np.ndarray, ignore_index: int) -> np.ndarray:
+    """The cases of :func:`worst_cases` as rows image | ground truth | prediction | error map,
+    each under its file name and score, below a line that says what the panels are; RGB uint8."""
+    rows = []
+    for case in cases:
+        strip = sample_strip(
+            shrink(case["image"], PANEL_SIZE, nearest=False),
+            shrink(case["target"], PANEL_SIZE, nearest=True),
+            shrink(case["prediction"], PANEL_SIZE, nearest=True),
+            palette,
+            ignore_index,
+        )
+        caption = f"mIoU {case['mIoU']:.3f}  #{case['index']}  {Path(case['name']).name}"
+        rows.append((caption, strip))
+    # Wide enough for the legend's text.
+    width = max(LEGEND_WIDTH, *(strip.shape[1] for _, strip in rows))
+    legend = f"image | ground truth | prediction | {ERROR_MAP_LEGEND}"
+    return captioned_rows([(legend, np.full((1, width, 3), 255, np.uint8)), *rows])
+
+
+def worst_case_gallery(
+    module: SegmentationModule,
+    datamodule: SegmentationDataModule,
+    stage: str,
+    indices: torch.Tensor,
+    counts: torch.Tensor,
+    k: int,
+    path: Path,
+) -> list[dict[str, Any]]:
+    """Draws the ``k`` lowest-scoring images of ``stage`` into the PNG ``path``; returns them
+    (:func:`worst_cases`)."""
+    cases = worst_cases(module, datamodule, stage, indices, counts, k)
+    if cases:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        picture = gallery(cases, checkpoint_palette(module.hparams), module.hparams["ignore_index"])
+        Image.fromarray(picture).save(path)
+    return cases
