@@ -13,8 +13,8 @@ import torch
 
 from checkpoints import CLASS_NAMES, PALETTE, save_checkpoint, tiny_module
 from helpers import compose_config
+from segfw.commands.export import export
 from segfw.errors import ConfigError
-from segfw.inference.export import export
 from segfw.models import ARCHITECTURES, get_backbone
 
 TOLERANCE = 1e-4
@@ -22,9 +22,10 @@ SECOND_SIZE = (96, 128)  # height, width: not the trained 64 x 64, not square
 # MobileNet v1 has the fewest operators of the backbones every architecture takes, and the ONNX
 # exporter's time grows with the operator count (about 10 s per network here).
 BACKBONE = "mobilenet"
-# Architectures whose ONNX graph holds at the trained size only (see segfw/inference/export.py): PSPNet
-# pools to grids of 2 x 2, 3 x 3 and 6 x 6 bins, which ONNX cannot express for a free size.
-FIXED_SIZE_IN_ONNX = {"pspnet"}
+# Architectures whose ONNX graph holds at the trained size only (see segfw/deploy/export.py): PSPNet
+# and UPerNet's pyramid pooling module pool to grids of 2 x 2, 3 x 3 and 6 x 6 bins, which ONNX
+# cannot express for a free size.
+FIXED_SIZE_IN_ONNX = {"pspnet", "upernet"}
 
 
 @pytest.fixture(scope="module", params=sorted(ARCHITECTURES))

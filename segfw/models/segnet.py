@@ -12,7 +12,14 @@ from segfw.choices import choose
 from segfw.models.backbones import Backbone
 from segfw.models.base import SegmentationNetwork
 from segfw.models.blocks import ConvBNReLU
-from segfw.models.encoders import MAX_DEPTH, Layer, build_encoder, trace_layers
+from segfw.models.encoders import (
+    MAX_DEPTH,
+    Layer,
+    build_encoder,
+    level_zero_is_image,
+    remove_unused,
+    trace_layers,
+)
 
 UPSAMPLE_LAYERS = range(2, MAX_DEPTH + 1)  # the original library's 2..5
 
@@ -51,7 +58,13 @@ class MaxUnpool(nn.Module):
         self.pool = pool  # the encoder's own module; without parameters, nothing is saved twice
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        indices, (height, width) = self.pool.switches
+        switches = self.pool.switches
+        if switches is None:
+            raise RuntimeError(
+                "MaxUnpool ran before its encoder pool: the network's forward calls the encoder "
+                "first, which records where each maximum came from."
+            )
+        indices, (height, width) = switches
         self.pool.switches = None  # let them go: the next forward pass records its own
         n, c = x.shape[:2]
         planes = x.new_zeros(n, c, height * width)
@@ -59,14 +72,16 @@ class MaxUnpool(nn.Module):
 
 
 class SegNet(SegmentationNetwork):
-    """SegNet on any backbone; the output is always at the input's full resolution.
+    """SegNet on any backbone or generic encoder; the output is always at the input's full
+    resolution.
 
     The encoder stops at level ``n = num_upsample_layers``, stride ``2**n`` (everything the
     backbone computes at that stride). The decoder undoes the n halvings from the deepest: at
     each stride it mirrors the convolutions the encoder ran there, then doubles the resolution,
     by max-unpooling with the encoder's own indices where the encoder halved by max-pooling
     (every VGG stage, the ResNet stem), by a learned per-channel 2 x 2 transposed convolution
-    elsewhere. A 3 x 3 convolution classifies the full-resolution features.
+    elsewhere (strided convolutions, and the missing stride-2 level of an encoder whose first
+    level is at stride 4). A 3 x 3 convolution classifies the full-resolution features.
 
     The mirror, on VGG, is the paper's: the encoder's convolutions at that stride in reverse
     order, each with its input and output channels swapped (conv-BN-ReLU), the mirror of the
@@ -74,10 +89,11 @@ class SegNet(SegmentationNetwork):
     stride in residual blocks; their mirror at each level is a 1 x 1 conv-BN-ReLU down to the
     channels of the level above and a 3 x 3 conv-BN-ReLU at that width, and the full-resolution
     level (where their encoder has no convolution) gets one 3 x 3 conv-BN-ReLU at the stem's
-    width.
+    width (the width of the first level with features: 4's, on a stride-4 encoder, for level 1
+    as well).
 
     Args:
-        backbone: the backbone's table entry.
+        backbone: the backbone.
         num_classes: number of output classes.
         num_upsample_layers: n, the number of halvings the decoder undoes: 2 to 5.
     """
@@ -92,23 +108,36 @@ class SegNet(SegmentationNetwork):
         )
         depth = num_upsample_layers
         self.input_divisor = 2**depth
-        self.encoder = build_encoder(backbone, depth)
+        self.encoder = build_encoder(
+            backbone, depth, needed_by=f"model=segnet with model.num_upsample_layers={depth}"
+        )
+        # SegNet reads the deepest level only; an encoder of parallel branches (HRNet) computes
+        # the shallower ones partly apart from it.
+        remove_unused(self.encoder, levels=[depth])
         layers = trace_layers(self.encoder)
         channels = list(self.encoder.out_channels)  # the decoder's width at each level
         if isinstance(self.encoder, VGGEncoder):
             mirrors = _vgg_mirrors(layers, depth)
         else:
-            channels[0] = channels[1]  # level 0 is the image: full resolution gets the stem's width
+            # Levels without features of their own (the image, a stride-4 encoder's missing
+            # level 1) take the width of the first level that has some.
+            first = 1 if level_zero_is_image(self.encoder) else 0
+            if channels[first] == 0:
+                first += 1
+            channels[:first] = [channels[first]] * first
             mirrors = _block_mirrors(channels, depth)
 
         # The halving into level j (stride 2**(j-1) -> 2**j) -> the max-pool that did it.
         pools = {}
         for layer in layers:
-            if isinstance(layer.module, nn.MaxPool2d) and layer.out_stride > layer.in_stride:
+            # Exactly nn.MaxPool2d: a subclass (timm's MaxPool2dSame) pads in ways unpooling
+            # would have to know; those halvings are learned instead.
+            if type(layer.module) is nn.MaxPool2d and layer.out_stride > layer.in_stride:
                 pools[layer.out_stride.bit_length() - 1] = pool = IndexedMaxPool2d(layer.module)
                 _replace_module(self.encoder, layer.module, pool)
         stages = []
         for level in range(depth, 0, -1):
+            up: nn.Module
             if level in pools:
                 up = MaxUnpool(pools[level])
             else:
@@ -124,7 +153,7 @@ class SegNet(SegmentationNetwork):
         return self.head(self.decoder(self.encoder(images)[-1]))
 
 
-def _vgg_mirrors(layers: list[Layer], depth: int) -> list[list[nn.Module]]:
+def _vgg_mirrors(layers: list[Layer], depth: int) -> list[list[ConvBNReLU]]:
     """Per level, the transposes of the encoder's convolutions at that stride, last first."""
     mirrors = [
         [
@@ -138,7 +167,7 @@ def _vgg_mirrors(layers: list[Layer], depth: int) -> list[list[nn.Module]]:
     return mirrors
 
 
-def _block_mirrors(channels: list[int], depth: int) -> list[list[nn.Module]]:
+def _block_mirrors(channels: list[int], depth: int) -> list[list[ConvBNReLU]]:
     """Per level, a 1 x 1 and a 3 x 3 conv-BN-ReLU to the level above's width; one 3 x 3 at full
     resolution."""
     return [[ConvBNReLU(channels[0], channels[0])]] + [

@@ -11,16 +11,21 @@ from torch import nn
 
 from segfw.choices import choose
 from segfw.errors import ConfigError
-from segfw.models.backbones import Backbone
+from segfw.models.backbones import LISTING_HINT, Backbone
 from segfw.models.base import SegmentationNetwork, TrainingOutputs
 from segfw.models.blocks import ConvBNReLU
-from segfw.models.encoders import MAX_DEPTH, build_encoder, level_zero_is_image
+from segfw.models.encoders import (
+    MAX_DEPTH,
+    build_encoder,
+    level_zero_is_image,
+    pyramid_strides,
+)
 
 UPSAMPLE_LAYERS = range(1, MAX_DEPTH + 1)
 
 
 class UnetPlusPlus(SegmentationNetwork):
-    """UNet++ on any backbone.
+    """UNet++ on any backbone, and on any generic encoder with a stride-2 level.
 
     Node X(i, j) sits at row i (stride ``2**i``), column j. Column 0 is the encoder's level i;
     every other node is two 3 x 3 conv-BN-ReLU of ``filters[i]`` channels over the concatenation
@@ -36,7 +41,7 @@ class UnetPlusPlus(SegmentationNetwork):
     level n either way.
 
     Args:
-        backbone: the backbone's table entry.
+        backbone: the backbone.
         num_classes: number of output classes.
         num_upsample_layers: n, the depth of the nested decoders: 1 to 5.
         filters: channels of the nested nodes of each row, from row 0 (full resolution); the
@@ -80,7 +85,17 @@ class UnetPlusPlus(SegmentationNetwork):
             )
         self.depth, self.deep_supervision, self.prune_level = depth, deep_supervision, prune_level
         self.input_divisor = 2**depth
-        self.encoder = build_encoder(backbone, depth)
+        if backbone.generic and pyramid_strides(backbone)[0] == 4:
+            raise ConfigError(
+                f"model=unetpp cannot run on backbone.encoder={backbone.label}: its first level "
+                f"is at stride 4, and UNet++ nests its decoders from the stride-2 level up (node "
+                f"X(0, 1) fuses that level). Choose model=unet (which up-samples across the "
+                f"missing level), model=upernet or model=segformer, or an encoder with a stride-2 "
+                f"level such as efficientnet_b0 or resnet50d ({LISTING_HINT})."
+            )
+        self.encoder = build_encoder(
+            backbone, depth, needed_by=f"model=unetpp with model.num_upsample_layers={depth}"
+        )
         self.skip_image = level_zero_is_image(self.encoder)
         encoded = list(self.encoder.out_channels)
         if self.skip_image:

@@ -11,8 +11,11 @@ from torch import nn
 
 from segfw.errors import ConfigError
 from segfw.models.backbones import Backbone
+from segfw.models.unet import upgrade_legacy_keys
 
 log = logging.getLogger(__name__)
+# Where the encoder's entries sit in a training checkpoint, and in a network's state dict.
+ENCODER_PREFIXES = ("net.encoder.", "encoder.")
 
 
 def initialize_encoder(
@@ -22,8 +25,9 @@ def initialize_encoder(
 
     Args:
         encoder: the network's encoder, as built with ``weights=None``.
-        backbone_name: segfw's name of the backbone, for messages.
-        backbone: its entry in the backbone table.
+        backbone_name: segfw's name of the backbone (a generic encoder's timm name), for
+            messages.
+        backbone: the backbone.
         weights: ``"imagenet"``, ``None`` (keep the random initialization) or a local file path
             holding a state dict of the encoder.
 
@@ -42,13 +46,22 @@ def initialize_encoder(
     else:
         state = _local_state(Path(weights), backbone_name)
         source = f"weights from {weights}"
+    advice = f"Save the state dict of the same encoder ({backbone.encoder}), or set backbone.weights=null."
+    # Tensors of the right names but other shapes (another size of the same family) would make
+    # load_state_dict raise on the first one; all of them are named here instead.
+    current = encoder.state_dict()
+    misshapen = [k for k, v in state.items() if k in current and current[k].shape != v.shape]
+    if misshapen:
+        raise ConfigError(
+            f"{source} do not fit backbone {backbone_name}: {len(misshapen)} of their tensors "
+            f"have other shapes than the encoder's (first: {', '.join(misshapen[:5])}). {advice}"
+        )
     # nn.Module's own method: SMP's ResNet and VGG encoders override it and return nothing.
     missing, unexpected = nn.Module.load_state_dict(encoder, state, strict=False)
     if missing:
         raise ConfigError(
             f"{source} do not fit backbone {backbone_name}: {len(missing)} encoder parameters are "
-            f"missing from them (first: {', '.join(missing[:5])}). Save the state dict of the "
-            f"same encoder ({backbone.encoder}), or set backbone.weights=null."
+            f"missing from them (first: {', '.join(missing[:5])}). {advice}"
         )
     note = f"; ignored {len(unexpected)} keys the encoder has no use for" if unexpected else ""
     return f"backbone {backbone_name}: loaded {source}{note}"
@@ -61,14 +74,16 @@ def _imagenet_state(backbone_name: str, backbone: Backbone) -> dict[str, torch.T
             f"({backbone.encoder}). Set backbone.weights=null to train it from random "
             f"initialization, or backbone.weights=/path/to/encoder.pth for weights of your own."
         )
+    # SMP takes True for a timm model's weights (those of its tag), a name for its own encoders'.
+    weights = True if backbone.encoder.startswith("tu-") else "imagenet"
     try:
-        return smp.encoders.get_encoder(backbone.encoder, weights="imagenet").state_dict()
+        return smp.encoders.get_encoder(backbone.encoder, weights=weights).state_dict()
     except Exception as error:  # the hubs raise many types (URLError, httpx, HF errors)
         raise ConfigError(
             f"Could not fetch ImageNet weights for backbone {backbone_name} ({backbone.encoder}): "
             f"{type(error).__name__}: {error}. Offline? Set backbone.weights=null to train from "
             f"random initialization, or download the weights on a connected machine, save "
-            f"`smp.encoders.get_encoder('{backbone.encoder}', weights='imagenet').state_dict()` "
+            f"`smp.encoders.get_encoder('{backbone.encoder}', weights={weights!r}).state_dict()` "
             f"with torch.save, and pass backbone.weights=/path/to/that.pth."
         ) from error
 
@@ -92,11 +107,13 @@ def _local_state(path: Path, backbone_name: str) -> dict[str, torch.Tensor]:
             f"Backbone weights {path} hold a {type(state).__name__}, not a state dict; save "
             f"them with torch.save(encoder.state_dict(), path)."
         )
-    # Accept the state dict of a whole network or a training checkpoint too: keep its encoder's
-    # entries, under "encoder." (segfw's and SMP's networks), "net.encoder." (segfw's UNet, or a
-    # checkpoint of the others) or "net.net.encoder." (a checkpoint of segfw's UNet).
-    marker = "encoder."
-    if any(marker in key for key in state):
-        state = {k.split(marker, 1)[1]: v for k, v in state.items() if marker in k}
+    # Accept the state dict of a whole network (segfw's or SMP's) or a training checkpoint too:
+    # keep its encoder's entries. A checkpoint of segfw's UNet from before one layout held its
+    # encoder under "net.net.encoder.".
+    state = upgrade_legacy_keys(state, "net.")
+    for prefix in ENCODER_PREFIXES:
+        if any(key.startswith(prefix) for key in state):
+            state = {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
+            break
     log.debug("read %d tensors for backbone %s from %s", len(state), backbone_name, path)
     return state
