@@ -92,3 +92,14 @@ def fake_scontrol(directory: Path, record: Path) -> Path:
     script.write_text(f'#!/bin/sh\necho "$@" >> "{record}"\n')
     script.chmod(script.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
     return directory
+
+
+def rank_callbacks(run_dir: Path) -> list[str]:
+    """Overrides adding the callbacks that record each rank's weights (``run_dir/ranks``) and the
+    facts it saw (``run_dir/facts``)."""
+    return [
+        "+callbacks.rank_weights._target_=ddp_helpers.SaveRankWeights",
+        f"+callbacks.rank_weights.directory={run_dir / 'ranks'}",
+        "+callbacks.facts._target_=cluster_helpers.RankFacts",
+        f"+callbacks.facts.directory={run_dir / 'facts'}",
+    ]

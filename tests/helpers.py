@@ -70,3 +70,24 @@ def write_folder_dataset(
             cv2.imwrite(str(root / "images" / split / f"img{i}.png"), image)
             cv2.imwrite(str(root / "masks" / split / f"img{i}.png"), mask)
     return root
+
+
+def assert_matches_single_process_evaluation(run_dir: Path, output_dir: Path) -> None:
+    """A distributed run's validation scores (``run_dir/metrics.json``) equal evaluate.py's on its
+    best checkpoint in one process: no image counted twice or missed."""
+    import json
+
+    import pytest
+
+    from segfw.commands.evaluate import evaluate
+
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    cfg = compose_config(
+        "evaluate",
+        [f"ckpt_path={metrics['best_checkpoint']}", "split=val", "trainer.accelerator=cpu"],
+        output_dir,
+    )
+    single = evaluate(cfg)
+    for key in ("val/mIoU", "val/dice", "val/pixel_acc", "val/IoU/background", "val/IoU/square"):
+        assert single[key] == pytest.approx(metrics[key], abs=1e-12), key
+    assert single["val/loss"] == pytest.approx(metrics["val/loss"], abs=1e-6)

@@ -15,8 +15,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from helpers import compose_config, tiny
-from segfw.commands.evaluate import evaluate
+from helpers import assert_matches_single_process_evaluation, tiny
 from segfw.commands.train import train
 from segfw.errors import ConfigError
 
@@ -72,16 +71,7 @@ def test_one_run_dir_with_files_written_once(ddp_run):
 
 
 def test_validation_metrics_equal_a_single_process_evaluation(ddp_run, tmp_path):
-    metrics = json.loads((ddp_run / "metrics.json").read_text())
-    cfg = compose_config(
-        "evaluate",
-        [f"ckpt_path={metrics['best_checkpoint']}", "split=val", "trainer.accelerator=cpu"],
-        tmp_path,
-    )
-    single = evaluate(cfg)
-    for key in ("val/mIoU", "val/dice", "val/pixel_acc", "val/IoU/background", "val/IoU/square"):
-        assert single[key] == pytest.approx(metrics[key], abs=1e-12), key
-    assert single["val/loss"] == pytest.approx(metrics["val/loss"], abs=1e-6)
+    assert_matches_single_process_evaluation(ddp_run, tmp_path)
 
 
 def test_each_image_is_scored_once_over_both_processes(ddp_run):

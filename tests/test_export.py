@@ -28,7 +28,18 @@ BACKBONE = "mobilenet"
 FIXED_SIZE_IN_ONNX = {"pspnet", "upernet"}
 
 
-@pytest.fixture(scope="module", params=sorted(ARCHITECTURES))
+# UNet's and UNet++'s decoders (convolutions and upsampling only) hold nothing the others lack:
+# they export under -m slow, to keep the default suite within its time.
+PLAIN_DECODERS = {"unet", "unetpp"}
+
+
+@pytest.fixture(
+    scope="module",
+    params=[
+        pytest.param(name, marks=[pytest.mark.slow] if name in PLAIN_DECODERS else [])
+        for name in sorted(ARCHITECTURES)
+    ],
+)
 def exported(request, tmp_path_factory):
     """Each architecture of the table, exported in both formats."""
     architecture = request.param

@@ -22,13 +22,12 @@ import optuna
 import pytest
 import pytorch_lightning as pl
 import torch
-from cluster_helpers import fake_scontrol, free_port, slurm_task_env
+from cluster_helpers import fake_scontrol, free_port, rank_callbacks, slurm_task_env
 from omegaconf import OmegaConf
 from test_logging import _history, _parse_wandb_file
 
-from helpers import compose_config, tiny
+from helpers import assert_matches_single_process_evaluation, compose_config, tiny
 from segfw.commands.config import build_datamodule
-from segfw.commands.evaluate import evaluate
 from segfw.data.samplers import TrainingSampler
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -242,10 +241,7 @@ def two_nodes(tmp_path_factory):
     overrides = [
         *tiny(TWO_NODES),
         f"hydra.run.dir={run_dir}",
-        "+callbacks.rank_weights._target_=ddp_helpers.SaveRankWeights",
-        f"+callbacks.rank_weights.directory={run_dir / 'ranks'}",
-        "+callbacks.facts._target_=cluster_helpers.RankFacts",
-        f"+callbacks.facts.directory={run_dir / 'facts'}",
+        *rank_callbacks(run_dir),
     ]
     nodes = []
     started = time.monotonic()
@@ -315,16 +311,7 @@ def test_two_nodes_write_the_runs_files_from_rank_0_only(two_nodes):
 
 @pytest.mark.slow
 def test_two_nodes_metrics_equal_a_single_process_evaluation(two_nodes, tmp_path):
-    metrics = json.loads((two_nodes / "metrics.json").read_text())
-    cfg = compose_config(
-        "evaluate",
-        [f"ckpt_path={metrics['best_checkpoint']}", "split=val", "trainer.accelerator=cpu"],
-        tmp_path,
-    )
-    single = evaluate(cfg)
-    for key in ("val/mIoU", "val/dice", "val/pixel_acc", "val/IoU/background", "val/IoU/square"):
-        assert single[key] == pytest.approx(metrics[key], abs=1e-12), key
-    assert single["val/loss"] == pytest.approx(metrics["val/loss"], abs=1e-6)
+    assert_matches_single_process_evaluation(two_nodes, tmp_path)
 
 
 # --- SLURM: warned, requeued, resumed ----------------------------------------------------------------
@@ -358,10 +345,7 @@ def _slurm_job(run_dir: Path, scratch: Path, *extra: str, restarts: int = 0) -> 
     overrides = [
         *tiny(SLURM_RUN),
         f"hydra.run.dir={run_dir}",
-        "+callbacks.rank_weights._target_=ddp_helpers.SaveRankWeights",
-        f"+callbacks.rank_weights.directory={run_dir / 'ranks'}",
-        "+callbacks.facts._target_=cluster_helpers.RankFacts",
-        f"+callbacks.facts.directory={run_dir / 'facts'}",
+        *rank_callbacks(run_dir),
         *extra,
     ]
     wandb_dirs = ("WANDB_DIR", "WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR")

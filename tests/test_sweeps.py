@@ -108,6 +108,8 @@ def test_continuing_a_study_in_its_own_sweep_dir_is_refused(optuna_sweep):
     assert (optuna_sweep / "0" / "train.log").read_text() == first_trial_log
 
 
+# A cluster launcher: with tests/test_scaling.py's SLURM rehearsals, under -m slow.
+@pytest.mark.slow
 def test_submitit_local_launcher_runs_trials_as_jobs(tmp_path):
     result = _sweep(
         tmp_path,

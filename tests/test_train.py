@@ -127,6 +127,8 @@ class NanLoss(torch.nn.Module):
         return logits.sum() * float("nan")
 
 
+# tests/realuse runs train.py into hydra.run.dir on every dataset layout in the default suite.
+@pytest.mark.slow
 def test_command_line_run_writes_into_the_hydra_run_dir(tmp_path):
     run_dir = tmp_path / "cli run"
     result = subprocess.run(
@@ -149,6 +151,8 @@ def _column(output_dir: Path, name: str) -> int:
     return header.index(name)
 
 
+# fast_dev_run smoke runs, covered in the default suite by tests/realuse and tests/models.
+@pytest.mark.slow
 @pytest.mark.parametrize("model", ["unet", "deeplabv3plus"])
 @pytest.mark.parametrize("backbone", ["mobilenetv2", "resnet50"])
 def test_architectures_train_end_to_end_on_two_backbones(train_config, model, backbone):
