@@ -97,7 +97,7 @@ def test_ddp_that_lightning_would_relaunch_inside_a_sweep_is_refused(tmp_path):
 def _torchrun(run_dir_override: str):
     """train.py in two CPU processes started by torchrun, as on a cluster node."""
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
-    return _run([*launcher, "train.py", *tiny(DDP_CPU), run_dir_override])
+    return _run([*launcher, "train.py", *tiny([*DDP_CPU, *ODD_SPLITS]), run_dir_override])
 
 
 @pytest.mark.slow
