@@ -53,7 +53,8 @@ def rank_overrides(args: list[str]) -> list[str]:
         return []
     return [
         "hydra.output_subdir=null",
-        f"hydra.job_logging.handlers.file.filename=train_ddp_process_{rank}.log",
+        # The log file is <run dir>/<job name>.log (Hydra's job_logging), as Lightning names it.
+        f"hydra.job.name=train_ddp_process_{rank}",
     ]
 
 

@@ -114,3 +114,6 @@ def test_torchrun_matches_the_lightning_launched_run(ddp_run, tmp_path):
     ours = json.loads((tmp_path / "metrics.json").read_text())
     lightnings = json.loads((ddp_run / "metrics.json").read_text())
     assert ours["val/mIoU"] == lightnings["val/mIoU"]
+    # Rank 1 logs into the run dir, as Lightning's relaunched process does, not into the cwd.
+    assert (tmp_path / "train_ddp_process_1.log").is_file()
+    assert not (ROOT / "train_ddp_process_1.log").exists()
