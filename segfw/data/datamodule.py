@@ -272,6 +272,11 @@ class SegmentationDataModule(pl.LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         return self.eval_dataloader("test")
 
+    @property
+    def eval_batch_size(self) -> int:
+        """Images per validation/test batch: ``data.eval_batch_size``, else ``data.batch_size``."""
+        return self.hparams["eval_batch_size"] or self.hparams["batch_size"]
+
     def eval_dataloader(self, stage: str, batch_size: int | None = None) -> DataLoader:
         """The images and labels of ``stage``, each on one process only, in batches of images of
         one size (``SegmentationModule`` pads each to its network's input divisor).
@@ -287,9 +292,7 @@ class SegmentationDataModule(pl.LightningDataModule):
         else:  # every image comes out of the transform at the input size
             sizes = [(hp["height"], hp["width"])] * len(dataset)
         replicas, rank = self._processes()
-        batches = EvaluationBatches(
-            sizes, batch_size or hp["eval_batch_size"] or hp["batch_size"], replicas, rank
-        )
+        batches = EvaluationBatches(sizes, batch_size or self.eval_batch_size, replicas, rank)
         return self._loader(dataset, batch_sampler=batches)
 
     def _processes(self) -> tuple[int, int]:

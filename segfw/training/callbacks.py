@@ -7,7 +7,7 @@ import logging
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pytorch_lightning as pl
@@ -17,9 +17,9 @@ from pytorch_lightning.loggers import Logger, TensorBoardLogger, WandbLogger
 from pytorch_lightning.trainer.states import TrainerFn
 from pytorch_lightning.utilities import rank_zero_only
 
-from segfw.data.samplers import like_sized_batches
 from segfw.errors import ConfigError
-from segfw.training.review import gallery
+from segfw.training.module import SegmentationModule
+from segfw.training.review import gallery, predict_items
 from segfw.visualize import (
     checkpoint_palette,
     confusion_figure,
@@ -93,7 +93,9 @@ class ValidationSamples(pl.Callback):
         palette = checkpoint_palette(hparams)
         samples = self._fixed_samples(trainer) if self.num_samples else None
         if samples is not None:
-            samples["prediction"] = self._predict(trainer, pl_module, samples)
+            # Documented to work with SegmentationModule (above); Lightning types the hook wider.
+            module = cast(SegmentationModule, pl_module)
+            samples["prediction"] = self._predict(trainer, module, samples)
         figure = None
         confusion = getattr(pl_module, "last_confusion", {}).get("val")
         if self.confusion_matrix and confusion is not None:
@@ -132,7 +134,7 @@ class ValidationSamples(pl.Callback):
 
     @staticmethod
     def _predict(
-        trainer: pl.Trainer, pl_module: pl.LightningModule, samples: dict[str, Any]
+        trainer: pl.Trainer, pl_module: SegmentationModule, samples: dict[str, Any]
     ) -> list[torch.Tensor]:
         """Class indices (H, W) uint8 on the CPU of each sample, at its own size.
 
@@ -140,17 +142,15 @@ class ValidationSamples(pl.Callback):
         batch size, images of one padded size together), so that the pictures show the
         predictions validation scored, at the precision it ran at.
         """
-        items, loader = samples["items"], samples["loader"]
+        loader = samples["loader"]
         batch_size = getattr(loader.batch_sampler, "batch_size", None) or 1
-        predictions: list[torch.Tensor] = [torch.empty(0)] * len(items)
-        for positions, batch in like_sized_batches(items, batch_size, loader.collate_fn):
-            with torch.no_grad(), trainer.precision_plugin.val_step_context():
-                logits = pl_module(batch["image"].to(pl_module.device))
-            labels = logits.argmax(1).to(torch.uint8).cpu()
-            for row, position in enumerate(positions):
-                height, width = items[position]["mask"].shape
-                predictions[position] = labels[row, :height, :width]
-        return predictions
+        return predict_items(
+            pl_module,
+            samples["items"],
+            batch_size,
+            loader.collate_fn,
+            trainer.precision_plugin.val_step_context,
+        )
 
     def _panels(self, samples: dict[str, Any], k: int) -> tuple[np.ndarray, ...]:
         """Sample ``k``'s image, ground truth and prediction as numpy, at most max_size."""

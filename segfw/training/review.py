@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import csv
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -93,14 +94,8 @@ def worst_cases(
     chosen = worst_indices(indices, counts, k)
     dataset = datamodule.dataset(stage)
     items = [dataset[index] for index, _ in chosen]
-    predictions: list[torch.Tensor] = [torch.empty(0)] * len(items)
-    batch_size = datamodule.hparams["eval_batch_size"] or datamodule.hparams["batch_size"]
     collate = torch.utils.data.default_collate
-    with torch.inference_mode():
-        for positions, batch in like_sized_batches(items, batch_size, collate):
-            logits = module.evaluation_logits(batch["image"].to(module.device))
-            for row, position in enumerate(positions):
-                predictions[position] = logits[row].argmax(0).to(torch.uint8).cpu()
+    predictions = predict_items(module, items, datamodule.eval_batch_size, collate)
     return [
         {
             "index": index,
@@ -112,6 +107,28 @@ def worst_cases(
         }
         for (index, score), item, prediction in zip(chosen, items, predictions, strict=True)
     ]
+
+
+def predict_items(
+    module: SegmentationModule,
+    items: Sequence[dict[str, torch.Tensor]],
+    batch_size: int,
+    collate: Callable[[list[dict[str, torch.Tensor]]], dict[str, torch.Tensor]],
+    precision: Callable[[], AbstractContextManager] = nullcontext,
+) -> list[torch.Tensor]:
+    """Class indices (H, W) uint8 on the CPU of each of ``items`` (dataset samples), at its own
+    size, predicted as evaluation predicts: in batches of at most ``batch_size`` images of one
+    size, by :meth:`SegmentationModule.evaluation_logits`, under ``precision`` (the trainer's
+    evaluation precision context, when a run's is to be matched)."""
+    predictions: list[torch.Tensor] = [torch.empty(0)] * len(items)
+    for positions, batch in like_sized_batches(items, batch_size, collate):
+        with torch.inference_mode(), precision():
+            logits = module.evaluation_logits(batch["image"].to(module.device))
+        labels = logits.argmax(1).to(torch.uint8).cpu()
+        for row, position in enumerate(positions):
+            height, width = items[position]["mask"].shape
+            predictions[position] = labels[row, :height, :width]
+    return predictions
 
 
 def gallery(cases: Sequence[dict[str, Any]], palette: np.ndarray, ignore_index: int) -> np.ndarray:
