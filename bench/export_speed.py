@@ -22,14 +22,13 @@ import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
 import onnxruntime  # noqa: E402
-import pytorch_lightning as pl  # noqa: E402
 import torch  # noqa: E402
-from omegaconf import OmegaConf  # noqa: E402
 
 from segfw.deploy.export import export  # noqa: E402
 from segfw.training.module import SegmentationModule  # noqa: E402
@@ -56,39 +55,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def build(args: argparse.Namespace, directory: Path) -> tuple[SegmentationModule, Path]:
+def build(args: argparse.Namespace) -> SegmentationModule:
     torch.manual_seed(0)
-    module = SegmentationModule(
+    return SegmentationModule(
         model={"name": args.model, "height": args.size, "width": args.size},
         backbone={"name": args.backbone, "weights": None},
         num_classes=args.classes,
         class_names=[f"class{i}" for i in range(args.classes)],
     ).eval()
-    trainer = pl.Trainer(
-        accelerator="cpu", logger=False, enable_checkpointing=False, enable_model_summary=False
-    )
-    trainer.strategy.connect(module)
-    checkpoint = directory / "bench.ckpt"
-    trainer.save_checkpoint(checkpoint)
-    return module, checkpoint
 
 
 def runners(
-    module: SegmentationModule, checkpoint: Path, directory: Path, threads: int
+    module: SegmentationModule, directory: Path, threads: int
 ) -> dict[str, Callable[[torch.Tensor], object]]:
     for fmt in ("onnx", "torchscript"):
-        cfg = OmegaConf.create(
-            {
-                "ckpt_path": str(checkpoint),
-                "format": fmt,
-                "output": str(directory),
-                "name": "model",
-                "dynamic_size": "auto",
-                "opset": None,
-                "tolerance": 1e-4,
-            }
-        )
-        export(cfg)
+        export(module, fmt, directory)
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = threads
     session = onnxruntime.InferenceSession(
@@ -112,14 +93,14 @@ def runners(
     return {"pytorch": pytorch, "onnxruntime": ort, "torchscript": torchscript}
 
 
-def main(argv: list[str] | None = None) -> dict[str, object]:
+def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory(prefix="segfw-export-bench-") as temporary:
         # The runtimes hold their models in memory: the files can go once they are loaded.
         directory = Path(temporary)
-        module, checkpoint = build(args, directory)
-        run = runners(module, checkpoint, directory, args.threads)
+        module = build(args)
+        run = runners(module, directory, args.threads)
     images = torch.randint(0, 256, (args.batch, 3, args.size, args.size), dtype=torch.uint8)
     for name in RUNTIMES:  # warm-up: first-call allocations, TorchScript's profiling runs
         for _ in range(3):

@@ -246,7 +246,7 @@ def check_throughput(report: Report) -> None:
     plan = report.plan
     mixed = "16-mixed" if plan.device == "cuda" else "32-true"
     quickstart_size = 64 if plan.device == "cuda" else plan.size
-    networks = [
+    networks: list[dict[str, Any]] = [
         {
             "name": f"quickstart (UNet, MobileNetV2, {quickstart_size} px)",
             "model": "unet",

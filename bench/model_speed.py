@@ -19,6 +19,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
@@ -30,7 +31,7 @@ from segfw.models import build_model  # noqa: E402
 
 CLASSES = 150  # ADE20K's, the benchmark the papers' counts refer to
 # label -> (model arguments beyond the config's defaults, backbone config)
-PAIRS = {
+PAIRS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "unet / mobilenetv2": ({"name": "unet"}, {"name": "mobilenetv2"}),
     "deeplabv3plus / resnet50 (os 16)": (
         {"name": "deeplabv3plus", "output_stride": 16},
@@ -61,7 +62,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def build(model: dict, backbone: dict, size: int) -> nn.Module:
+def build(model: dict[str, Any], backbone: dict[str, Any], size: int) -> nn.Module:
     torch.manual_seed(0)
     config = {"height": size, "width": size, **model}
     return build_model(config, {**backbone, "weights": None}, CLASSES).eval()

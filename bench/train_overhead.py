@@ -150,7 +150,7 @@ def run_variant(args: argparse.Namespace) -> dict[str, float]:
     if args.variant == "segfw_train":
         timer = StepTimer(args.warmup, args.warmup + args.steps, args.device)
         trainer = build_trainer(cfg)
-        trainer.callbacks.append(timer)
+        trainer.callbacks.append(timer)  # type: ignore[attr-defined]  # set at init, not declared
         trainer.fit(module, datamodule=datamodule)
         seconds = timer.seconds
         return {
@@ -162,7 +162,7 @@ def run_variant(args: argparse.Namespace) -> dict[str, float]:
     if args.variant == "hand_train":
         # What a user would write by hand: the same network, normalization, loss, optimizer and
         # schedule, stepped in a plain loop.
-        net = module.net.to(device, memory_format=memory_format).train()
+        net = module.net.to(device).to(memory_format=memory_format).train()
         mean, std = module.mean.to(device), module.std.to(device)
         optimizer = build_optimizer(dict(cfg.optimizer), net.parameters())
         scheduler = build_scheduler(dict(cfg.scheduler), optimizer, args.warmup + args.steps)
@@ -196,7 +196,8 @@ def run_variant(args: argparse.Namespace) -> dict[str, float]:
 
     # Batches decoded once and held in memory: evaluation compares what runs on them, not the
     # drawing of the embedded dataset, which would be half of each pass on this CPU.
-    loader = DataLoader(list(datamodule.val_dataloader()), batch_size=None)
+    batches = list(datamodule.val_dataloader())
+    loader = DataLoader(batches, batch_size=None)  # type: ignore[arg-type]  # a list is a map-style dataset
     if args.variant == "segfw_eval":
         with open_dict(cfg):
             del cfg.trainer.limit_val_batches  # set to 0 above only to keep fit() from validating
@@ -209,7 +210,7 @@ def run_variant(args: argparse.Namespace) -> dict[str, float]:
         # hand_eval does the same work as segfw's validation (the loss and a confusion matrix of
         # every batch); bare_eval only predicts: model(x).argmax(1).
         scored = args.variant == "hand_eval"
-        net = module.net.to(device, memory_format=memory_format).eval()
+        net = module.net.to(device).to(memory_format=memory_format).eval()
         mean, std = module.mean.to(device), module.std.to(device)
         criterion = module.criterion.to(device)
         classes, ignore_index = cfg.data.num_classes, cfg.data.ignore_index

@@ -289,9 +289,12 @@ def key(override: str) -> str:
 
 def shrink(args: list[str]) -> list[str]:
     """A train.py command's arguments at test size: TINY's settings where the command gives none,
-    and FORCED's whatever it gives; the command's choices (model, backbone, data) stay."""
+    and FORCED's whatever it gives; the command's choices (model, backbone, data, or an
+    experiment's) stay."""
     shapes = not any(a.startswith("data=") and a != "data=shapes" for a in args)
     test_size = TINY + (TINY_SHAPES if shapes else []) + SMALL_PICTURES
+    if any(key(a) == "experiment" for a in args):  # its backbone, with settings TINY's lacks
+        test_size = [t for t in test_size if key(t) != "backbone"]
     if "hparams_search=optuna" in args:
         test_size = [*test_size, "hydra.sweeper.n_trials=2"]
     given = {key(a) for a in args}
