@@ -7,7 +7,7 @@ from segfw.commands.evaluate import evaluate
 from segfw.commands.run import run_command
 
 
-@hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")
+@hydra.main(version_base="1.3", config_path="segfw/conf", config_name="evaluate")
 def main(cfg: DictConfig) -> None:
     run_command(evaluate, cfg)
 

@@ -7,7 +7,7 @@ from segfw.commands.export import export
 from segfw.commands.run import run_command
 
 
-@hydra.main(version_base="1.3", config_path="conf", config_name="export")
+@hydra.main(version_base="1.3", config_path="segfw/conf", config_name="export")
 def main(cfg: DictConfig) -> None:
     run_command(export, cfg)
 

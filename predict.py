@@ -7,7 +7,7 @@ from segfw.commands.predict import predict
 from segfw.commands.run import run_command
 
 
-@hydra.main(version_base="1.3", config_path="conf", config_name="predict")
+@hydra.main(version_base="1.3", config_path="segfw/conf", config_name="predict")
 def main(cfg: DictConfig) -> None:
     run_command(predict, cfg)
 

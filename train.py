@@ -11,7 +11,7 @@ from omegaconf import DictConfig
 from segfw.commands.run import run_command
 from segfw.commands.train import train
 
-# conf/hydra/launcher/submitit_*.yaml share their names with the plugin's configs on purpose, so
+# segfw/conf/hydra/launcher/submitit_*.yaml share their names with the plugin's configs on purpose, so
 # that Hydra checks their keys against the plugin's schema; Hydra warns about that pairing.
 warnings.filterwarnings("ignore", r"\s*'hydra/launcher/submitit_.*ConfigStore schema", UserWarning)
 
@@ -58,7 +58,7 @@ def rank_overrides(args: list[str]) -> list[str]:
     ]
 
 
-@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+@hydra.main(version_base="1.3", config_path="segfw/conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     metrics = run_command(train, cfg)
     # A sweeper (hparams_search) optimizes the value returned here; train checked the name.

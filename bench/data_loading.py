@@ -91,7 +91,7 @@ def config(args: argparse.Namespace, root: Path, output_dir: Path, workers: str)
         f"data.batch_size={args.batch}",
         f"data.num_workers={workers}",
     ]
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(ROOT / "segfw" / "conf"), version_base="1.3"):
         cfg = compose("train", overrides=overrides)
     with open_dict(cfg):
         cfg.output_dir = str(output_dir)

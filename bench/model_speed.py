@@ -4,7 +4,7 @@
     python bench/model_speed.py --size 256 --only segformer
 
 Each network is built with random weights (they cost the same time as trained ones) and its
-paper's arguments (conf/model/<name>.yaml), in eval mode, and timed on eager PyTorch under
+paper's arguments (segfw/conf/model/<name>.yaml), in eval mode, and timed on eager PyTorch under
 ``torch.inference_mode``, NCHW float32 input: the LightningModule's forward without the
 normalization. The pairs are timed in rounds that alternate them, so that drifting load on a
 shared machine hits them alike; the table gives the median of the rounds' milliseconds per image,

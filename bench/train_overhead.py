@@ -104,7 +104,7 @@ def overrides(args: argparse.Namespace) -> list[str]:
 
 
 def compose(args: argparse.Namespace, output_dir: Path):
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(ROOT / "segfw" / "conf"), version_base="1.3"):
         cfg = hydra_compose("train", overrides=overrides(args))
     with open_dict(cfg):
         cfg.output_dir = str(output_dir)

@@ -6,7 +6,7 @@ The Python API (no Hydra needed for the first three)::
     predictor = segfw.load("run/checkpoints/last.ckpt")  # segfw.deploy.predictor.Predictor
     masks = predictor.predict(["a.jpg", "b.png"])         # class-index masks at each image's size
     module = segfw.SegmentationModule.from_checkpoint("run/checkpoints/last.ckpt")
-    metrics = segfw.train(["experiment=quickstart"])      # composes conf/ as train.py does
+    metrics = segfw.train(["experiment=quickstart"])      # composes segfw/conf/ as train.py does
     scores = segfw.evaluate("run/checkpoints/last.ckpt", split="test")
 """
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, open_dict
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+CONF = Path(__file__).resolve().parents[1] / "segfw" / "conf"
 
 # Small enough for 2 CPU cores, large enough for a five-level encoder (stride 32).
 TINY = [
@@ -39,7 +39,7 @@ def tiny(overrides: list[str]) -> list[str]:
 def compose_config(
     config_name: str, overrides: list[str], output_dir: Path | None = None
 ) -> DictConfig:
-    """Composes ``conf/<config_name>.yaml`` with ``overrides``, as the command line would."""
+    """Composes ``segfw/conf/<config_name>.yaml`` with ``overrides``, as the command line would."""
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose(config_name=config_name, overrides=overrides)
     if output_dir is not None:

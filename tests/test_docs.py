@@ -53,7 +53,7 @@ from helpers import TINY, TINY_SHAPES
 from layouts import SIZE, blocks, paint, save_rgb, write_camvid, write_painted_folder, write_voc
 
 ROOT = Path(__file__).resolve().parents[1]
-CONF = ROOT / "conf"
+CONF = ROOT / "segfw" / "conf"
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 
 # --- what the pages hold ---------------------------------------------------------------------
@@ -935,7 +935,7 @@ def test_python_names_the_docs_give_exist():
 
 
 def test_the_configuration_tour_lists_every_option():
-    """README's "Configuration tour": each config group's row names every option of conf/."""
+    """README's "Configuration tour": each config group's row names every option of segfw/conf/."""
     rows = re.findall(r"^\| `(\w+)` \| ([^|]*) \|", (ROOT / "README.md").read_text(), re.M)
     groups = {group: cell for group, cell in rows if (CONF / group).is_dir() and group != "hydra"}
     assert len(groups) >= 10

@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # 32 px and 16 training images: a trial takes a few seconds.
 SMALL = ["model.height=32", "model.width=32", "data.sizes.train=16", "data.sizes.val=8"]
-# Searched: lr, weight decay and loss from conf/hparams_search/optuna.yaml; backbone fixed by
+# Searched: lr, weight decay and loss from segfw/conf/hparams_search/optuna.yaml; backbone fixed by
 # tiny(); a batch size of 0 makes a trial fail.
 FAILING_BATCH_SIZE = "data.batch_size=choice(0,8)"
 

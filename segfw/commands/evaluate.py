@@ -29,7 +29,7 @@ log = logging.getLogger("segfw")
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Scores a checkpoint on one split of its training data (or of ``cfg.data`` if given).
 
-    With ``inference`` set (``conf/inference/``), each image is predicted at its own size in that
+    With ``inference`` set (``segfw/conf/inference/``), each image is predicted at its own size in that
     mode and scored against its unresized labels; otherwise as validation does while training.
 
     Returns:

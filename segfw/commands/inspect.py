@@ -1,6 +1,6 @@
 """``python -m segfw.data.inspect [train.py overrides]``: check a dataset and preview it.
 
-Composes the train config (``conf/inspect.yaml`` extends ``conf/train.yaml``), so every train.py
+Composes the train config (``segfw/conf/inspect.yaml`` extends ``segfw/conf/train.yaml``), so every train.py
 override works here; runs ``segfw.data.survey`` on its data, prints the report, writes
 ``report.json`` and ``preview_<split>.png`` into the run directory, and exits with status 1 when
 it found a problem.
@@ -21,7 +21,7 @@ from segfw.data.survey import format_report, survey
 
 log = logging.getLogger("segfw.inspect")
 
-CONF = Path(__file__).resolve().parents[2] / "conf"
+CONF = Path(__file__).resolve().parents[1] / "conf"
 
 
 def inspect(cfg: DictConfig) -> dict[str, Any]:

@@ -16,7 +16,7 @@ SQLITE = "sqlite:///"
 
 
 class OptunaSweepDirectory(Callback):
-    """Prepares a sweep for the study of ``conf/hparams_search/optuna.yaml``.
+    """Prepares a sweep for the study of ``segfw/conf/hparams_search/optuna.yaml``.
 
     - Creates the sweep dir: the sweeper opens ``sqlite:///<sweep dir>/optuna.db`` before the
       launcher creates the directory, and SQLite creates none.

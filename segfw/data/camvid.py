@@ -1,6 +1,6 @@
 """CamVid as the SegNet tutorial lays it out: ``<split>/`` images, ``<split>annot/`` masks.
 
-The masks hold the 11 class indices 0..10 and 11 for void; ``conf/data/camvid.yaml`` sets
+The masks hold the 11 class indices 0..10 and 11 for void; ``segfw/conf/data/camvid.yaml`` sets
 ``ignore_index: 11``, so void is left out of loss and metrics without rewriting any mask.
 """
 

@@ -39,7 +39,7 @@ class Predictor:
 
     Args:
         module: the trained module.
-        inference: how images are covered, the ``inference`` settings (``conf/inference/``:
+        inference: how images are covered, the ``inference`` settings (``segfw/conf/inference/``:
             ``mode`` whole or slide, ``resize``, ``crop``, ``stride``, ``flip``, ``scales``,
             ``batch_size``); ``None``: whole images shrunk to fit the model's input size.
             :meth:`from_checkpoint` chooses as the checkpoint was validated.
@@ -81,7 +81,7 @@ class Predictor:
 
         Args:
             path: the ``.ckpt`` file.
-            inference: the ``inference`` settings (``conf/inference/``: ``mode`` whole or
+            inference: the ``inference`` settings (``segfw/conf/inference/``: ``mode`` whole or
                 slide, ``resize``, ``crop``, ``stride``, ``flip``, ``scales``, ``batch_size``);
                 ``None``: as the checkpoint was validated (:func:`as_validated`).
             **options: the other arguments of :class:`Predictor`.

@@ -237,7 +237,7 @@ class _Tile:
 def build_inference(
     settings: Mapping[str, Any], height: int, width: int, divisor: int
 ) -> Inference:
-    """The :class:`Inference` of an ``inference`` config section (``conf/inference/*.yaml``) for a
+    """The :class:`Inference` of an ``inference`` config section (``segfw/conf/inference/*.yaml``) for a
     network trained at ``height`` x ``width`` whose inputs must be multiples of ``divisor``.
 
     Raises:

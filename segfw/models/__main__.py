@@ -3,7 +3,7 @@
     python -m segfw.models [--num-classes 21]     # every architecture on every named backbone
     python -m segfw.models --encoders [PATTERN]   # generic encoders: backbone=timm
 
-The zoo's networks are built with their default arguments (those of conf/model/<name>.yaml) and
+The zoo's networks are built with their default arguments (those of segfw/conf/model/<name>.yaml) and
 random weights; the input size does not change the counts. The encoders are built on PyTorch's
 meta device (shapes only: no memory, no arithmetic), except SMP's Mix Transformers, whose
 initialization needs real tensors.

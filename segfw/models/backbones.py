@@ -1,6 +1,6 @@
 """Backbones: segfw's eleven named ones, and any timm encoder by name (``backbone=timm``).
 
-The ``BACKBONES`` table is the one place that knows the eleven names; ``conf/backbone/<name>.yaml``
+The ``BACKBONES`` table is the one place that knows the eleven names; ``segfw/conf/backbone/<name>.yaml``
 refers to it. ``backbone=timm backbone.encoder=<name>`` takes any timm model that returns
 multi-scale features, and SMP's Mix Transformers ``mit_b0`` ... ``mit_b5`` (SegFormer's encoders,
 which timm does not have); ``python -m segfw.models --encoders PATTERN`` lists them.

@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 
 # The table of architectures: config name -> network class(backbone, num_classes, **arguments);
 # each argument's default is the seed's (the paper's, for the last two), repeated (with its
-# meaning) in conf/model/<name>.yaml.
+# meaning) in segfw/conf/model/<name>.yaml.
 ARCHITECTURES: dict[str, Callable[..., SegmentationNetwork]] = {
     "deeplabv3plus": DeepLabV3Plus,
     "unet": Unet,

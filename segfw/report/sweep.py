@@ -14,7 +14,7 @@ from segfw.report.runs import DEFAULT_STALE_MINUTES, Run, is_run_dir, load_yaml,
 
 DEFAULT_METRIC = "val/mIoU"
 MAXIMIZE, MINIMIZE = "maximize", "minimize"
-# The Optuna sweeper's study (conf/hparams_search/optuna.yaml: sqlite:///<sweep dir>/optuna.db).
+# The Optuna sweeper's study (segfw/conf/hparams_search/optuna.yaml: sqlite:///<sweep dir>/optuna.db).
 STUDY_FILE = "optuna.db"
 
 

@@ -55,7 +55,7 @@ class SegmentationModule(pl.LightningModule):
             and on GPU tensor cores; the weights saved are the same either way.
         compile: compile the network with ``torch.compile`` when training starts (slow first
             steps, faster ones after; the state dict keys stay unchanged).
-        inference: evaluate with an inference mode (``conf/inference/``: whole image, sliding
+        inference: evaluate with an inference mode (``segfw/conf/inference/``: whole image, sliding
             window, test-time augmentation; see ``segfw.inference.modes``), each image at its own
             size, instead of one forward pass per batch. Batches must then hold unpadded images.
         per_image: also count each evaluated image's own scores (``per_image_results``).

@@ -50,7 +50,7 @@ def resolve_ckpt_path(ckpt_path: str | None, trainer: pl.Trainer) -> str | None:
     dirpaths = [c.dirpath for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint)]
     if not dirpaths or not all(dirpaths):
         raise ConfigError(
-            "ckpt_path=last needs the checkpoint callbacks of conf/callbacks/default.yaml, with "
+            "ckpt_path=last needs the checkpoint callbacks of segfw/conf/callbacks/default.yaml, with "
             "their dirpath; or pass ckpt_path=<a .ckpt file>."
         )
     directories = [Path(d) for d in dirpaths if d]

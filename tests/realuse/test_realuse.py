@@ -65,7 +65,7 @@ SLOW = [
     for architecture in ARCHITECTURES
     if (dataset, architecture) not in DEFAULT
 ]
-# ValidationSamples' default number of pictures (conf/callbacks/default.yaml).
+# ValidationSamples' default number of pictures (segfw/conf/callbacks/default.yaml).
 SAMPLES = 8
 # The scores that must not depend on how evaluation batches images.
 SCORES = ("val/mIoU", "val/loss")

@@ -39,7 +39,7 @@ def no_validation(tmp_path_factory) -> tuple[Result, Path]:
     result = command(
         "train.py",
         *SHAPES,
-        "+trainer.limit_val_batches=0",  # not among conf/trainer keys: added with +
+        "+trainer.limit_val_batches=0",  # not among segfw/conf/trainer keys: added with +
         "train_metrics=true",
         f"hydra.run.dir={directory}",
     )
