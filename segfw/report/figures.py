@@ -3,19 +3,24 @@ study's optimization history and parameter importances (Optuna's own matplotlib 
 
 from __future__ import annotations
 
-import math
+import textwrap
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from segfw.report.leaderboard import Leaderboard, short_override
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 CURVES = "val_mIoU.png"
 HISTORY = "optuna_history.png"
 IMPORTANCES = "optuna_importances.png"
 DPI = 100
-# Legend entries longer than this are cut: the overrides of a long search space.
-LABEL_CHARACTERS = 80
+# Legend entries (a run's overrides: long for a large search space) wrap at this many
+# characters, which fit one of the legend's two columns at the figure's width.
+LABEL_CHARACTERS = 60
 
 
 def plot_curves(board: Leaderboard, path: Path) -> Path | None:
@@ -24,6 +29,16 @@ def plot_curves(board: Leaderboard, path: Path) -> Path | None:
     Returns:
         ``path``, or None when no run has a validation curve (nothing is written then).
     """
+    figure = curves_figure(board)
+    if figure is None:
+        return None
+    # Tight: whatever the legend's size, the file holds all of it.
+    figure.savefig(path, dpi=DPI, bbox_inches="tight")
+    return path
+
+
+def curves_figure(board: Leaderboard) -> Figure | None:
+    """The figure :func:`plot_curves` saves; None when no run has a validation curve."""
     # Imported here, as Optuna is below: reading runs and ranking them need neither.
     from matplotlib import colormaps
     from matplotlib.figure import Figure
@@ -32,19 +47,22 @@ def plot_curves(board: Leaderboard, path: Path) -> Path | None:
     runs = [run for run in board.sweep.runs if run.curve]
     if not runs:
         return None
+    labels = []
+    for run in runs:
+        label = " ".join(map(short_override, board.varying[run.name]))
+        label = f"{run.name}: {label}" if label else run.name
+        labels.append(textwrap.fill(label, LABEL_CHARACTERS, break_long_words=False))
     # A Figure without pyplot: no global state, no GUI backend, drawn by Agg into the file.
-    # The legend goes below the axes, two runs a row, and the figure grows with it.
-    figure = Figure(figsize=(10, 4.5 + 0.2 * math.ceil(len(runs) / 2)), layout="constrained")
+    # The legend goes below the axes, two runs a row, and the figure grows with its lines.
+    rows = [labels[i : i + 2] for i in range(0, len(labels), 2)]
+    legend_lines = sum(max(label.count("\n") + 1 for label in row) for row in rows)
+    figure = Figure(figsize=(10, 4.5 + 0.2 * legend_lines), layout="constrained")
     axes = figure.add_subplot()
     # Ten colours, then twenty, then the twenty again dashed and dotted: every line its own look.
     palette = colormaps["tab10" if len(runs) <= 10 else "tab20"].colors  # type: ignore[attr-defined]  # a ListedColormap
     best = board.best
-    for index, run in enumerate(runs):
+    for index, (run, label) in enumerate(zip(runs, labels, strict=True)):
         epochs, values = zip(*run.curve, strict=True)
-        label = " ".join(map(short_override, board.varying[run.name]))
-        label = f"{run.name}: {label}" if label else run.name
-        if len(label) > LABEL_CHARACTERS:
-            label = label[: LABEL_CHARACTERS - 3] + "..."
         is_best = best is not None and run.name == best.name
         axes.plot(
             epochs,
@@ -63,8 +81,7 @@ def plot_curves(board: Leaderboard, path: Path) -> Path | None:
     axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes.grid(alpha=0.3)
     figure.legend(loc="outside lower center", ncols=2, fontsize="small", frameon=False)
-    figure.savefig(path, dpi=DPI)
-    return path
+    return figure
 
 
 @dataclass

@@ -48,7 +48,7 @@ class Leaderboard:
                 board.unranked.append((run, _reason(run, metric)))
         sign = -1.0 if sweep.direction == MAXIMIZE else 1.0
         board.ranked.sort(key=lambda run: sign * (run.value(metric) or 0.0))  # all have a value
-        first, *others = [run.overrides for run in sweep.runs]
+        first, *others = [run.overrides for run in sweep.runs] or [[]]
         if others:
             board.common = [o for o in first if all(o in overrides for overrides in others)]
         board.varying = {
@@ -91,6 +91,21 @@ class Leaderboard:
             )
         return rows
 
+    EVALUATION_COLUMNS = ("evaluation", VAL, TEST, "wall", "checkpoint")
+
+    def evaluation_rows(self) -> list[list[str]]:
+        """evaluate.py's output dirs, in job order, as text cells of
+        :attr:`EVALUATION_COLUMNS`: each scored one checkpoint, which is not a run to rank."""
+        return [
+            [
+                run.name,
+                *(_score(run.value(m)) for m in (VAL, TEST)),
+                duration(run.wall_s),
+                str(run.metrics.get("checkpoint") or "-"),
+            ]
+            for run in self.sweep.evaluations
+        ]
+
     def summary(self) -> str:
         """One line: where, how many runs in which state, and the ranking."""
         counts: dict[str, int] = {}
@@ -98,8 +113,12 @@ class Leaderboard:
             counts[run.state] = counts.get(run.state, 0) + 1
         states = ", ".join(f"{n} {state}" for state, n in counts.items())
         runs = f"{len(self.sweep.runs)} run{'s' if len(self.sweep.runs) != 1 else ''}"
+        runs += f" ({states})" if states else ""
+        evaluations = len(self.sweep.evaluations)
+        if evaluations:
+            runs += f" and {evaluations} evaluation{'s' if evaluations != 1 else ''} (not ranked)"
         return (
-            f"{self.sweep.directory}: {runs} ({states}), ranked by {self.sweep.metric} "
+            f"{self.sweep.directory}: {runs}, ranked by {self.sweep.metric} "
             f"({self.sweep.direction})"
         )
 
@@ -124,6 +143,8 @@ class Leaderboard:
         if self.common:
             lines.append("overrides of every run: " + " ".join(map(short_override, self.common)))
         lines += ["", *_aligned(self.columns, self.rows()), ""]
+        if self.sweep.evaluations:
+            lines += [*_aligned(list(self.EVALUATION_COLUMNS), self.evaluation_rows()), ""]
         lines += [f"- {note}" for note in self.reasons() + self.notes()]
         return "\n".join(lines).rstrip() + "\n"
 
@@ -144,7 +165,12 @@ class Leaderboard:
         if self.common:
             common = " ".join(f"`{short_override(o)}`" for o in self.common)
             lines += [f"Overrides of every run: {common}", ""]
-        lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in cells]
+        lines += _markdown_table(cells)
+        if self.sweep.evaluations:
+            columns = list(self.EVALUATION_COLUMNS)
+            evaluations = [columns, ["---"] * len(columns), *self.evaluation_rows()]
+            lines += ["", "Evaluations of checkpoints (evaluate.py), not ranked:", ""]
+            lines += _markdown_table(evaluations)
         notes = [*self.reasons(), *self.notes(), *more]
         if notes:
             lines += ["", *[f"- {note}" for note in notes]]
@@ -180,13 +206,19 @@ class Leaderboard:
                 )
 
 
+def _markdown_table(cells: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in cells]
+
+
 def _reason(run: Run, metric: str) -> str:
     if run.state == FINISHED:
         return f"finished, but its metrics.json has no {metric}"
     if run.state == FAILED:
-        return f"failed: {run.error} (train.log)"
+        return f"failed: {run.error} ({run.error_source})"
     if run.state == RUNNING:
         return "running: no metrics.json yet"
+    if run.error:  # SLURM's word on why it ended the job
+        return f"stopped: {run.error} ({run.error_source})"
     when = f" since {_clock(run.last_change)}" if run.last_change else ""
     return f"stopped: no metrics.json, no error in train.log, nothing written{when} (killed?)"
 

@@ -23,7 +23,7 @@ h3 { font-size: 15px; }
 code { background: #f1f3f5; padding: 1px 4px; border-radius: 3px; font-size: 12.5px; }
 table { border-collapse: collapse; margin: 8px 0; }
 th, td { border-bottom: 1px solid #dde1e6; padding: 4px 10px; text-align: left;
-         vertical-align: top; }
+         vertical-align: top; overflow-wrap: anywhere; }
 th { background: #f1f3f5; position: sticky; top: 0; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
 tr.best td { background: #e6f4ea; font-weight: 600; }
@@ -57,6 +57,11 @@ def render(board: Leaderboard, curves: Path | None, study: StudyFigures) -> str:
         common = " ".join(f"<code>{escape(short_override(o))}</code>" for o in board.common)
         parts.append(f"<p>Overrides of every run: {common}</p>")
     parts += ["<h2>Leaderboard</h2>", _leaderboard(board)]
+    if sweep.evaluations:
+        parts += [
+            "<h2>Evaluations of checkpoints (evaluate.py), not ranked</h2>",
+            _evaluations(board),
+        ]
     # The reasons why runs are not ranked are in the table's note column.
     notes = board.notes()
     if notes:
@@ -109,11 +114,28 @@ def _leaderboard(board: Leaderboard) -> str:
             tds.append(f'<td class="note">{escape(reason)}</td>')
         best = ' class="best"' if index == 0 and board.ranked else ""
         rows.append(f"<tr{best}>{''.join(tds)}</tr>")
-    head = "".join(f"<th>{escape(c)}</th>" for c in columns)
+    return _table("leaderboard", columns, rows)
+
+
+def _evaluations(board: Leaderboard) -> str:
+    rows = [
+        "<tr>" + "".join(f"<td>{escape(cell)}</td>" for cell in cells) + "</tr>"
+        for cells in board.evaluation_rows()
+    ]
+    return _table("evaluations", list(board.EVALUATION_COLUMNS), rows)
+
+
+def _table(name: str, columns: list[str], rows: list[str]) -> str:
+    # A header such as val/IoU/<class name> may break after its slashes and underscores, so that
+    # it does not widen its column past the page; CSS breaks any other long word.
+    head = "".join(f"<th>{_breakable(c)}</th>" for c in columns)
     return (
-        f'<table id="leaderboard"><thead><tr>{head}</tr></thead>'
-        f"<tbody>{''.join(rows)}</tbody></table>"
+        f'<table id="{name}"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
     )
+
+
+def _breakable(text: str) -> str:
+    return "".join(escape(c) + ("<wbr>" if c in "/_" else "") for c in text)
 
 
 def _best_run(board: Leaderboard) -> str:

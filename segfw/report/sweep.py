@@ -10,7 +10,15 @@ from pathlib import Path
 import yaml
 
 from segfw.errors import SegfwError
-from segfw.report.runs import DEFAULT_STALE_MINUTES, Run, is_run_dir, load_yaml, read_run
+from segfw.report.runs import (
+    DEFAULT_STALE_MINUTES,
+    EVALUATE,
+    TRAIN,
+    Run,
+    is_run_dir,
+    load_yaml,
+    read_run,
+)
 
 DEFAULT_METRIC = "val/mIoU"
 MAXIMIZE, MINIMIZE = "maximize", "minimize"
@@ -28,8 +36,11 @@ class Sweep:
 
     Attributes:
         directory: the directory given.
-        runs: its runs, in job order.
-        ignored: subdirectories that are not run dirs.
+        runs: its training runs, in job order.
+        evaluations: evaluate.py's output dirs among them: scores of a checkpoint, listed apart
+            and never ranked with the runs.
+        ignored: subdirectories that are not run dirs (those of predict.py and the other
+            commands among them).
         metric: the metric to rank by.
         optimized_metric: the sweep's ``optimized_metric`` (its runs' configs; ``val/mIoU``
             when they have none): the value an Optuna study's trials hold.
@@ -40,6 +51,7 @@ class Sweep:
 
     directory: Path
     runs: list[Run]
+    evaluations: list[Run] = field(default_factory=list)
     ignored: list[str] = field(default_factory=list)
     metric: str = DEFAULT_METRIC
     optimized_metric: str = DEFAULT_METRIC
@@ -71,10 +83,10 @@ def read_sweep(
     if not directory.is_dir():
         raise ReportError(f"{directory} is not a directory; pass a run dir or a sweep dir.")
     ignored: list[str] = []
+    found: list[Run] = []
     if is_run_dir(directory):
-        runs = [read_run(directory, stale_minutes=stale_minutes)]
+        found = [read_run(directory, stale_minutes=stale_minutes)]
     else:
-        runs = []
         try:
             children = sorted(directory.iterdir(), key=_job_order)
         except OSError as error:
@@ -83,10 +95,16 @@ def read_sweep(
             if not child.is_dir() or child.name.startswith("."):
                 continue  # Hydra's and submitit's own folders (.submitit) among the jobs
             if is_run_dir(child):
-                runs.append(read_run(child, stale_minutes=stale_minutes))
+                found.append(read_run(child, stale_minutes=stale_minutes))
             else:
                 ignored.append(child.name)
-    if not runs:
+    # logs/runs holds every single-run command's dir: only train.py's are runs to rank.
+    runs = [run for run in found if run.command == TRAIN]
+    evaluations = [run for run in found if run.command == EVALUATE]
+    ignored += [
+        f"{run.name} ({run.command}.py)" for run in found if run.command not in (TRAIN, EVALUATE)
+    ]
+    if not runs and not evaluations:
         raise ReportError(_no_run_message(directory, ignored))
 
     sweeper = _sweeper_config(runs)
@@ -104,6 +122,7 @@ def read_sweep(
     return Sweep(
         directory=directory,
         runs=runs,
+        evaluations=evaluations,
         ignored=ignored,
         metric=metric,
         optimized_metric=optimized_metric,
