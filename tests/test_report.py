@@ -538,3 +538,211 @@ def test_without_the_sweep_extra(tmp_path):
             "pip install -e '.[sweep]' in a clone, or pip install 'segfw[sweep]'"
         )
     assert not (tmp_path / "sweep").exists()
+
+
+# ---- Issue 19 item 8: submitit jobs, short runs, evaluate.py dirs, long legends and headers ----
+
+
+def _submitit_job(run: Path, job_id: str, *, result=None, stderr: str | None = None) -> Path:
+    """Makes ``run`` a job of hydra-submitit-launcher: Hydra's job id in .hydra/hydra.yaml, and
+    submitit's files in <sweep dir>/.submitit/<job id>/ as submitit writes them."""
+    import pickle
+
+    hydra = {"hydra": {"job": {"id": job_id, "num": int(run.name)}}}
+    (run / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump(hydra))
+    folder = run.parent / ".submitit" / job_id
+    folder.mkdir(parents=True)
+    (folder / f"{job_id}_submitted.pkl").write_bytes(b"not read")
+    if result is not None:
+        (folder / f"{job_id}_0_result.pkl").write_bytes(pickle.dumps(result))
+    if stderr is not None:
+        (folder / f"{job_id}_0_log.err").write_text(stderr)
+    return folder
+
+
+def test_submitit_jobs_that_died_without_a_word_in_train_log(tmp_path, capsys):
+    """Jobs killed or crashed outside Python's logging: their train.log ends in an INFO record,
+    and their files were written just now, so they looked running (then stopped, for no reason)."""
+    _write_run(tmp_path / "0", 1e-3, [0.3, 0.4])
+    traceback = "Traceback (most recent call last):\n  File ...\nRuntimeError: CUDA error: an illegal memory access was encountered\n"
+    for job in "1234":
+        _write_run(tmp_path / job, 1e-2, [0.2], finished=False)
+    _submitit_job(tmp_path / "1", "4242_1", result=("error", traceback))
+    starting = "submitit INFO (2024-05-01 12:00:00,000) - Starting with JobEnvironment(...)\n"
+    cancelled = "slurmstepd: error: *** JOB 4243 ON node7 CANCELLED AT 2024-05-01T14:00:00 DUE TO TIME LIMIT ***"
+    _submitit_job(tmp_path / "2", "4242_2", stderr=starting + cancelled + "\n")
+    oom = "slurmstepd: error: Detected 1 oom-kill event(s) in StepId=4244.0. Some of your processes may have been killed by the cgroup out-of-memory handler."
+    _submitit_job(tmp_path / "3", "4242_3", stderr=starting + oom + "\n")
+    # A job still going: nothing but submitit's start in its stderr, no result.
+    _submitit_job(tmp_path / "4", "4242_4", stderr=starting)
+    # A success result is an object (Hydra's JobReturn): not unpickled, nothing said.
+    (tmp_path / ".submitit" / "4242_4" / "4242_4_0_result.pkl").write_bytes(
+        b"\x80\x04\x95\x1e\x00\x00\x00\x00\x00\x00\x00\x8c\x08builtins\x94\x8c\x04exec\x94\x93\x94."
+    )
+
+    code, out, err = _run_main(capsys, tmp_path)
+    assert code == 0, err
+    rows = {r["run"]: r for r in _leaderboard(tmp_path)}
+    assert {job: row["state"] for job, row in rows.items()} == {
+        "0": "finished",
+        "1": "failed",
+        "2": "stopped",
+        "3": "failed",
+        "4": "running",
+    }
+    result = Path(".submitit", "4242_1", "4242_1_0_result.pkl")
+    assert rows["1"]["note"] == (
+        f"failed: RuntimeError: CUDA error: an illegal memory access was encountered ({result})"
+    )
+    stderr = Path(".submitit", "4242_2", "4242_2_0_log.err")
+    assert rows["2"]["note"] == f"stopped: {cancelled} ({stderr})"
+    assert rows["3"]["note"] == f"failed: {oom} ({Path('.submitit', '4242_3', '4242_3_0_log.err')})"
+    assert rows["4"]["note"] == "running: no metrics.json yet"
+    assert "(1 finished, 2 failed, 1 stopped, 1 running)" in out
+
+
+def test_epochs_leave_out_the_final_scoring_of_a_short_run(tmp_path, capsys):
+    """An epoch shorter than log_every_n_steps logs no train/loss row: the rows of the best
+    checkpoint's scoring after training (val, then test, at the final epoch counter) were taken
+    for one more epoch (3 for 2)."""
+    finished = _write_run(tmp_path / "0", 1e-3, [0.1, 0.2], steps=0)
+    # Killed after the scoring's val and test rows, before metrics.json: its test row tells.
+    unfinished = _write_run(tmp_path / "1", 1e-2, [0.1, 0.3, 0.25], steps=0, finished=False)
+    with (unfinished / "csv" / "metrics.csv").open("a") as file:
+        file.write("3,3,,0.3\n3,3,,\n")
+    header = ["epoch", "step", "train/loss", "val/mIoU", "test/mIoU"]
+    for run in (finished, unfinished):
+        path = run / "csv" / "metrics.csv"
+        rows = list(csv.reader(path.read_text().splitlines()))[1:]
+        rows = [row + [""] * (4 - len(row)) + [""] for row in rows]
+        if run is unfinished:
+            rows[-1][4] = "0.28"
+        with path.open("w", newline="") as file:
+            csv.writer(file, lineterminator="\n").writerows([header, *rows])
+    code, _, err = _run_main(capsys, tmp_path)
+    assert code == 0, err
+    rows = {r["run"]: r for r in _leaderboard(tmp_path)}
+    assert (rows["0"]["epochs"], rows["1"]["epochs"]) == ("2", "3")
+
+
+def test_evaluate_dirs_are_listed_apart_not_ranked(tmp_path, capsys):
+    """``segfw.report logs/runs``: evaluate.py's dirs score a checkpoint; they are no runs to
+    rank (this one's val/mIoU would have come first), and predict.py's are no runs at all."""
+    _write_run(tmp_path / "2024-05-01_12-00-00", 1e-3, [0.3, 0.4])
+    _write_run(tmp_path / "2024-05-01_13-00-00", 1e-2, [0.3, 0.5])
+    evaluation = tmp_path / "2024-05-01_14-00-00"
+    (evaluation / ".hydra").mkdir(parents=True)
+    (evaluation / ".hydra" / "overrides.yaml").write_text("- ckpt_path=best.ckpt\n- split=val\n")
+    metrics = {"val/mIoU": 0.9, "checkpoint": "logs/runs/x/checkpoints/best.ckpt"}
+    (evaluation / "metrics.json").write_text(json.dumps(metrics))
+    (evaluation / "evaluate.log").write_text(
+        "[2024-05-01 14:00:00,000][segfw][INFO] - scoring\n"
+        "[2024-05-01 14:00:30,000][segfw][INFO] - metrics written\n"
+    )
+    prediction = tmp_path / "2024-05-01_15-00-00"
+    (prediction / ".hydra").mkdir(parents=True)
+    (prediction / "predict.log").write_text("")
+
+    code, out, err = _run_main(capsys, tmp_path)
+    assert code == 0, err
+    rows = _leaderboard(tmp_path)
+    assert [(r["rank"], r["run"]) for r in rows] == [
+        ("1", "2024-05-01_13-00-00"),
+        ("2", "2024-05-01_12-00-00"),
+    ]
+    assert "2 runs (2 finished) and 1 evaluation (not ranked), ranked by val/mIoU" in out
+    (line,) = [line for line in out.splitlines() if line.startswith("2024-05-01_14-00-00")]
+    assert line.split() == ["2024-05-01_14-00-00", "0.9000", "-", "30", "s", metrics["checkpoint"]]
+    assert "not run dirs, skipped: 2024-05-01_15-00-00 (predict.py)" in out
+    html = (tmp_path / "report.html").read_text()
+    assert html.count("<tr><td>2024-05-01_14-00-00</td>") == 1
+    assert 'id="evaluations"' in html
+    assert (
+        "| 2024-05-01_14-00-00 | 0.9000 | - | 30 s |" in (tmp_path / "leaderboard.md").read_text()
+    )
+
+
+LONG_OVERRIDES = [
+    "model.decoder_channels=[256,128,64,32,16]",
+    "data.augment.scale_range=[0.5,2.0]",
+    "trainer.gradient_clip_val=1.5",
+    "scheduler.warmup_epochs=5",
+    "loss=dice_ce",
+]
+
+
+def _long_sweep(root: Path) -> Path:
+    for job, lr in enumerate((1e-3, 3e-3, 1e-2)):
+        run = _write_run(root / str(job), lr, [0.1, 0.1 + lr])
+        overrides = [f"optimizer.lr={lr}", *(f"{o}{job}" for o in LONG_OVERRIDES)]
+        (run / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    return root
+
+
+def test_long_legend_entries_wrap_inside_the_figure(tmp_path):
+    """Legend entries were cut at 80 characters ("...") and the legend could stick out of the
+    saved figure; they wrap now, in full, and the file is saved tight around everything."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from segfw.report import figures
+    from segfw.report.leaderboard import Leaderboard
+    from segfw.report.sweep import read_sweep
+
+    board = Leaderboard.of(read_sweep(_long_sweep(tmp_path)))
+    figure = figures.curves_figure(board)
+    (legend,) = figure.legends
+    texts = [text.get_text() for text in legend.get_texts()]
+    for job, text in enumerate(texts):
+        assert "..." not in text
+        assert all(len(line) <= figures.LABEL_CHARACTERS for line in text.splitlines())
+        flat = text.replace("\n", " ")
+        assert all(f"{o}{job}" in flat for o in LONG_OVERRIDES), text
+    figure.draw_without_rendering()  # lays the figure out
+    box, frame = legend.get_window_extent(), figure.bbox
+    assert frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0
+    figures.plot_curves(board, tmp_path / "curves.png")
+    assert _is_png(tmp_path / "curves.png")
+
+
+def _chromium():
+    """Chromium's path and Playwright's sync API; skips (fails on CI) without them."""
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        sync_playwright = None
+    if browser is None or sync_playwright is None:
+        missing = "chromium (apt-get install chromium)" if browser is None else "playwright"
+        if os.environ.get("CI"):
+            pytest.fail(f"{missing} is missing: .ci/run installs both")
+        pytest.skip(f"{missing} is not installed")
+    return browser, sync_playwright
+
+
+def test_long_headers_break_inside_the_page(tmp_path, capsys):
+    """A long metric name as a column header (and long overrides) made the leaderboard wider than
+    the page: its right columns were cut off in a narrow window or a printout."""
+    browser, sync_playwright = _chromium()
+    metric = "val/IoU/a_rather_long_class_name_of_some_dataset"
+    for run in _long_sweep(tmp_path).iterdir():
+        scores = json.loads((run / "metrics.json").read_text())
+        (run / "metrics.json").write_text(json.dumps({**scores, metric: scores["val/mIoU"]}))
+    assert _run_main(capsys, tmp_path, "--metric", metric)[0] == 0
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=browser, args=["--disable-gpu"])
+        try:
+            page = chromium.new_page(viewport={"width": 720, "height": 900})
+            page.goto((tmp_path / "report.html").as_uri())
+            body = page.eval_on_selector("body", "b => b.getBoundingClientRect().right")
+            table = page.eval_on_selector("#leaderboard", "t => t.getBoundingClientRect().right")
+            assert table <= body + 1
+            overflowing = page.eval_on_selector_all(
+                "#leaderboard th, #leaderboard td",
+                "cells => cells.filter(c => c.scrollWidth > c.clientWidth).map(c => c.textContent)",
+            )
+            assert overflowing == []
+            header = page.locator("#leaderboard thead th").nth(3)
+            assert header.inner_text().replace("\n", "") == metric
+        finally:
+            chromium.close()

@@ -150,7 +150,7 @@ def read_run(
     _read_csv(run)
     start, end, run.error = _read_log(run)
     if run.error:
-        run.error_source = "train.log"
+        run.error_source = f"{run.command}.log"
 
     now = time.time() if now is None else now
     run.last_change = last_change = _last_change(path)
@@ -332,13 +332,13 @@ def _number(text: str) -> float | None:
 
 
 def _read_log(run: Run) -> tuple[float | None, float | None, str | None]:
-    """The times of the first and last records of ``train.log``, and the run's error.
+    """The times of the first and last records of the job log (``train.log``, ``evaluate.log``), and the run's error.
 
     The error is the last line of the traceback (or message) of the log's last record when that
     record is an error: a job that fails in a sweep logs its traceback, then stops. A record after
     an error (the run was resumed in its dir) means the run went on.
     """
-    path = run.path / "train.log"
+    path = run.path / f"{run.command}.log"
     if not path.is_file():
         return None, None, None
     try:
@@ -351,7 +351,7 @@ def _read_log(run: Run) -> tuple[float | None, float | None, str | None]:
                 file.seek(size - LOG_TAIL)
             tail = file.read() if cut else head
     except OSError as failure:
-        run.notes.append(f"train.log unreadable, left out ({failure})")
+        run.notes.append(f"{path.name} unreadable, left out ({failure})")
         return None, None, None
     head_lines = head.decode("utf-8", "replace").splitlines()
     tail_lines = tail.decode("utf-8", "replace").splitlines()
