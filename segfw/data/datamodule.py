@@ -35,6 +35,22 @@ warnings.filterwarnings(
 MAX_AUTO_WORKERS = 8
 
 
+def auto_workers(cpus: int, processes: int, cpus_per_task: int | None = None) -> int:
+    """``num_workers: auto``: the CPUs one training process may use, less one for its loop.
+
+    Args:
+        cpus: the CPUs this process may run on (its affinity).
+        processes: the training processes on this node (devices), which share ``cpus`` when
+            Lightning or torchrun started them from one process.
+        cpus_per_task: SLURM's ``--cpus-per-task``, under SLURM. srun binds each task to its own
+            CPUs, so an affinity no larger than that is this process's share already; divided
+            again by the tasks, it left one worker per task.
+    """
+    shared = cpus_per_task is None or cpus > cpus_per_task
+    share = cpus // processes if shared else cpus
+    return max(1, min(MAX_AUTO_WORKERS, share - 1))
+
+
 class SegmentationDataModule(pl.LightningDataModule):
     """Loads a segmentation dataset in any of the formats of ``segfw.data.formats``.
 
@@ -307,7 +323,8 @@ class SegmentationDataModule(pl.LightningDataModule):
             return self.hparams["num_workers"]
         cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
         devices = self.trainer.num_devices if self.trainer is not None else 1
-        return max(1, min(MAX_AUTO_WORKERS, (cpus or 1) // devices - 1))
+        per_task = os.environ.get("SLURM_CPUS_PER_TASK", "")
+        return auto_workers(cpus or 1, devices, int(per_task) if per_task.isdigit() else None)
 
     def _pin_memory(self) -> bool:
         if self.hparams["pin_memory"] != "auto":

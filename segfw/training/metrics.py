@@ -7,7 +7,8 @@ labelled pixel of the split, from which IoU, Dice and accuracy all follow.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import cast
 
 import torch
 from torch import nn
@@ -60,7 +61,8 @@ def scores_from_confusion(confusion: torch.Tensor, class_names: Sequence[str]) -
         ``mIoU``, ``IoU/<class name>`` for each class, ``dice`` (mean over classes) and
         ``pixel_acc``.
     """
-    confusion = confusion.double()
+    # On the host, in float64 (which MPS lacks): one copy of C x C counts, then plain floats.
+    confusion = confusion.to("cpu", torch.float64)
     true_positive = confusion.diag()
     labelled = confusion.sum(1)
     predicted = confusion.sum(0)
@@ -78,6 +80,13 @@ def scores_from_confusion(confusion: torch.Tensor, class_names: Sequence[str]) -
     return scores
 
 
+def sum_dtype(device_type: str) -> torch.dtype:
+    """The dtype of a running sum on a device of this type: float64, but MPS has none (moving a
+    float64 tensor there raises), so float32 there. Either way a sum of half-precision values
+    (16-true, bf16-true) is never accumulated in their own dtype."""
+    return torch.float32 if device_type == "mps" else torch.float64
+
+
 class MeanOverImages(Metric):
     """The mean of one value per image (the evaluation loss), summed on the device and over
     processes: the same whatever the batch size or the number of processes."""
@@ -91,10 +100,21 @@ class MeanOverImages(Metric):
         self.add_state("total", torch.zeros((), dtype=torch.float64), "sum")
         self.add_state("count", torch.zeros((), dtype=torch.long), "sum")
 
+    def _apply(self, fn: Callable, exclude_state: Sequence[str] = "") -> nn.Module:
+        # Where the states are going, from a probe moved the same way: the sum takes that
+        # device's dtype before it moves, as a float64 tensor cannot move to MPS.
+        self.set_sum_dtype(sum_dtype(fn(torch.zeros(())).device.type))
+        return super()._apply(fn, exclude_state)
+
+    def set_sum_dtype(self, dtype: torch.dtype) -> None:
+        """Makes the running sum (and its reset value) ``dtype``."""
+        self.total = self.total.to(dtype)
+        self._defaults["total"] = cast(torch.Tensor, self._defaults["total"]).to(dtype)
+
     def update(self, values: torch.Tensor, counted: torch.Tensor) -> None:
         """Args: values, one per image (N,); counted (N,) bool, the images to count (an image
         without a labelled pixel has no loss to speak of)."""
-        self.total += torch.where(counted, values.detach().double(), 0.0).sum()
+        self.total += torch.where(counted, values.detach().to(self.total.dtype), 0.0).sum()
         self.count += counted.sum()
 
     def compute(self) -> torch.Tensor:
@@ -165,7 +185,8 @@ def per_image_scores(counts: torch.Tensor) -> dict[str, torch.Tensor]:
         labels or its prediction; ``IoU`` (N, C), NaN for a class in neither. An image without
         labelled pixels has NaN scores.
     """
-    labelled, predicted, right = counts.double().unbind(1)
+    # On the host, in float64 (which MPS lacks): one copy of the counts, read there row by row.
+    labelled, predicted, right = counts.to("cpu", torch.float64).unbind(1)
     union = labelled + predicted - right
     nan = torch.tensor(float("nan"), dtype=torch.float64)
     iou = torch.where(union > 0, right / union, nan)

@@ -141,7 +141,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     A process killed while writing (SIGKILL, out of memory, preemption) leaves the previous
     checkpoint whole and a stray ``.partial-checkpoint-<pid>``, never a truncated ``last.ckpt``
-    that the next ``ckpt_path=last`` could not read. The rename is atomic on every local file system.
+    that the next ``ckpt_path=last`` could not read. The rename is atomic on every local file system;
+    the file is synced to disk before it, and the directory after it, so that a crash of the
+    machine keeps one whole checkpoint too.
     """
 
     def save_checkpoint(
@@ -155,4 +157,16 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         # A name that Lightning's search for the newest hpc_ckpt_<n>.ckpt does not match.
         partial = target.with_name(f".partial-checkpoint-{os.getpid()}")
         super().save_checkpoint(checkpoint, partial, storage_options)
+        # The data reaches the disk before the rename that puts it in place: otherwise a crash of
+        # the node (not only of the process) can keep the rename and lose the data, leaving an
+        # empty or truncated last.ckpt where the previous one was whole.
+        with open(partial, "rb") as file:
+            os.fsync(file.fileno())
         os.replace(partial, target)
+        # The rename is a change of the directory, durable once the directory is synced too.
+        if os.name == "posix":
+            directory = os.open(target.parent, os.O_RDONLY)
+            try:
+                os.fsync(directory)
+            finally:
+                os.close(directory)

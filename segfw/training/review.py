@@ -58,15 +58,22 @@ def write_per_image_csv(
         for stage, (indices, counts) in tables.items():
             source = datamodule.dataset(stage).source
             scores = per_image_scores(counts)
-            for row, index in enumerate(indices.tolist()):
-                values = [scores["pixel_acc"][row], scores["mIoU"][row], *scores["IoU"][row]]
+            # Each column read into Python at once: a read per cell would wait on the device
+            # once per cell (thousands of waits for a test split).
+            columns = zip(
+                scores["pixel_acc"].tolist(),
+                scores["mIoU"].tolist(),
+                scores["IoU"].tolist(),
+                strict=True,
+            )
+            for index, (accuracy, mean_iou, ious) in zip(indices.tolist(), columns, strict=True):
+                values = [accuracy, mean_iou, *ious]
                 writer.writerow(
                     [datamodule.splits[stage], index, source.image_path(index), *map(_cell, values)]
                 )
 
 
-def _cell(value: torch.Tensor) -> str:
-    number = float(value)
+def _cell(number: float) -> str:
     return "" if math.isnan(number) else f"{number:.6f}"
 
 
