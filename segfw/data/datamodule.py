@@ -68,7 +68,8 @@ class SegmentationDataModule(pl.LightningDataModule):
         batch_size: images per training batch.
         eval_batch_size: images per validation/test batch; ``None``: ``batch_size``.
         num_workers: DataLoader worker processes, or ``auto``: one per CPU core this process may
-            use (per device), one core left to the training loop, at most 8.
+            use (per device; under srun a task's own CPU set), one core left to the training loop,
+            at most 8 (:func:`auto_workers`).
         pin_memory: page-locked batches for faster copies to a GPU, or ``auto``: when training
             on a CUDA device.
         persistent_workers: keep worker processes between epochs (no start-up cost per epoch).
