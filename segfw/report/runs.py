@@ -66,8 +66,8 @@ class Run:
         name: its name in the report (the dir name: the job number in a sweep).
         state: ``finished`` (has ``metrics.json``), ``failed`` (its log ends in an error, or
             its submitit job's result is an error or its stderr says it ran out of memory),
-            ``stopped`` (SLURM cancelled its submitit job), ``running`` (changed within the
-            staleness window) or ``stopped`` (none of those: killed, or lost with its machine).
+            ``running`` (changed within the staleness window) or ``stopped`` (SLURM cancelled its
+            submitit job, or none of those: killed, or lost with its machine).
         command: the command that wrote the dir: ``train``, or ``evaluate`` (and the others of
             :data:`OTHER_COMMANDS`), from the name of its Hydra job log.
         overrides: the command-line overrides (``.hydra/overrides.yaml``).
