@@ -335,10 +335,19 @@ def data_for_checkpoint(
         "class_names": list(hparams["class_names"]),
         "ignore_index": int(hparams.get("ignore_index", 255)),
     }
-    settled = {**data, **{k: v for k, v in trained.items() if data.get(k) is None}}
+    settled = dict(data)
+    if settled.get("num_classes") is None:
+        names = settled.get("class_names")
+        settled["num_classes"] = trained["num_classes"] if names is None else len(names)
+    # The checkpoint's names name its classes only: not a count of the data's own.
+    if settled.get("class_names") is None and settled["num_classes"] == trained["num_classes"]:
+        settled["class_names"] = trained["class_names"]
+    if settled.get("ignore_index") is None:
+        settled["ignore_index"] = trained["ignore_index"]
+    names = settled.get("class_names")
     given: dict[str, Any] = {
         "num_classes": int(settled["num_classes"]),
-        "class_names": list(settled["class_names"]),
+        "class_names": None if names is None else list(names),
         "ignore_index": int(settled["ignore_index"]),
     }
     if given == trained:
@@ -351,7 +360,8 @@ def data_for_checkpoint(
     ):
         differences.append(
             f"was trained on {trained['num_classes']} classes ({_listing(trained['class_names'])}) "
-            f"but {name} has {given['num_classes']} ({_listing(given['class_names'])})"
+            f"but {name} has {given['num_classes']}"
+            + ("" if names is None else f" ({_listing(given['class_names'])})")
         )
     if given["ignore_index"] != trained["ignore_index"]:
         differences.append(
