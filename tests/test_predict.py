@@ -4,6 +4,7 @@ reported, not fatal."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +15,8 @@ import pytest
 import torch
 from PIL import Image
 
-from checkpoints import PALETTE, save_checkpoint, tiny_module
+import segfw
+from checkpoints import CLASS_NAMES, PALETTE, save_checkpoint, tiny_module
 from helpers import compose_config
 from segfw.commands.predict import predict
 from segfw.errors import ConfigError
@@ -207,3 +209,49 @@ def test_command_line_predicts_a_single_file(model, folder, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert _mask(output, "photo.png").size == (70, 50)
     assert json.loads((output / "summary.json").read_text())["predicted"] == 1
+
+
+@pytest.fixture(scope="module")
+def predictor(model):
+    _, checkpoint = model
+    return segfw.load(checkpoint)
+
+
+def test_numpy_arrays_are_channels_last_and_a_channels_first_one_is_refused(predictor):
+    image = np.random.default_rng(1).integers(0, 256, (48, 80, 3), dtype=np.uint8)
+    assert predictor.predict(image).shape == (48, 80)
+    with pytest.raises(ConfigError, match=r"channels-last.*got shape \(3, 48, 80\).*transpose"):
+        predictor.predict(image.transpose(2, 0, 1))
+
+
+def test_torch_tensors_are_channels_first_one_image_or_a_batch(predictor):
+    image = np.random.default_rng(2).integers(0, 256, (48, 80, 3), dtype=np.uint8)
+    expected = predictor.predict(image)
+    tensor = torch.from_numpy(image).permute(2, 0, 1)
+    assert np.array_equal(predictor.predict(tensor), expected)
+    batch = predictor.predict(torch.stack([tensor, tensor.flip(-1)]))
+    assert isinstance(batch, list) and len(batch) == 2
+    assert np.array_equal(batch[0], expected)
+    assert np.array_equal(batch[1], predictor.predict(np.ascontiguousarray(image[:, ::-1])))
+    with pytest.raises(ConfigError, match=r"channels-first.*got shape \(48, 80, 3\)"):
+        predictor.predict(torch.from_numpy(image))
+
+
+def test_a_path_is_one_image_a_list_is_each_and_a_missing_file_is_named(predictor, folder):
+    rgb = np.array(Image.open(folder / "rgb.png"))
+    one = predictor.predict(str(folder / "rgb.png"))
+    assert isinstance(one, np.ndarray) and one.shape == (50, 70)
+    masks = predictor.predict(
+        [str(folder / "rgb.png"), folder / "grey.png", rgb, torch.from_numpy(rgb).permute(2, 0, 1)]
+    )
+    assert [m.shape for m in masks] == [(50, 70)] * 4
+    assert np.array_equal(masks[2], one) and np.array_equal(masks[3], one)
+    missing = folder / "no such photo.jpg"
+    with pytest.raises(ConfigError, match=rf"^Image file {re.escape(repr(str(missing)))} does not"):
+        predictor.predict(str(missing))
+
+
+def test_the_predictor_names_its_classes_and_colours(predictor):
+    assert predictor.class_names == CLASS_NAMES
+    assert predictor.palette.dtype == np.uint8
+    assert predictor.palette.tolist() == PALETTE

@@ -9,25 +9,31 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from segfw.choices import choose
 from segfw.commands.config import (
     build_datamodule,
     build_evaluation_trainer,
     plain,
-    with_class_names,
 )
 from segfw.commands.run import log_headline, write_metrics
 from segfw.data import SegmentationDataModule
-from segfw.training.module import SegmentationModule, load_checkpoint
+from segfw.training.module import (
+    DATA_FACTS,
+    SegmentationModule,
+    data_for_checkpoint,
+    load_checkpoint,
+)
 from segfw.training.review import worst_case_gallery, write_per_image_csv
 
 log = logging.getLogger("segfw")
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
-    """Scores a checkpoint on one split of its training data (or of ``cfg.data`` if given).
+    """Scores a checkpoint on one split of its training data, or of ``cfg.data`` if given: the
+    data's class count, names and ``ignore_index`` must be the checkpoint's (those it leaves unset
+    are taken from the checkpoint).
 
     With ``inference`` set (``segfw/conf/inference/``), each image is predicted at its own size in that
     mode and scored against its unresized labels; otherwise as validation does while training.
@@ -35,15 +41,17 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     Returns:
         Flat metrics under ``<split>/``, also written to ``<output_dir>/metrics.json``.
     """
-    settings = plain(cfg)
+    settings = plain(_unset_missing_class_facts(cfg))
     split = choose(("val", "test"), settings["split"], "split")
     inference = settings.get("inference")
     checkpoint = load_checkpoint(settings["ckpt_path"])
+    data = settings.get("data")
+    if data is not None:
+        data = data_for_checkpoint(checkpoint["hyper_parameters"], data, settings["ckpt_path"])
     module = SegmentationModule.from_checkpoint(checkpoint, inference=inference, per_image=True)
     # With an inference mode, images and labels load unresized: scores at the labels' resolution.
     unresized: dict[str, Any] = {} if inference is None else {"eval_mode": "whole"}
-    if settings.get("data") is not None:
-        data = with_class_names(settings["data"])
+    if data is not None:
         datamodule = build_datamodule(data, module.hparams["model"], **unresized)
     else:
         datamodule = SegmentationDataModule(
@@ -59,6 +67,19 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     write_metrics(metrics, output_dir / "metrics.json")
     log_headline(metrics, output_dir / "metrics.json")
     return metrics
+
+
+def _unset_missing_class_facts(cfg: DictConfig) -> DictConfig:
+    """``cfg`` with the data facts a data config leaves required (``???``: ``data=folder``'s class
+    names and count) unset, for the checkpoint to fill in (``data_for_checkpoint``)."""
+    data = cfg.get("data")
+    missing = [key for key in DATA_FACTS if data is not None and OmegaConf.is_missing(data, key)]
+    if not missing:
+        return cfg
+    config = cfg.copy()  # the composed config stays as it was
+    for key in missing:
+        config.data[key] = None
+    return config
 
 
 def score(

@@ -1,22 +1,30 @@
-"""``python predict.py ckpt_path=PATH input=DIR_OR_FILE output=DIR``: masks for image files."""
+"""``python predict.py ckpt_path=PATH input=DIR_OR_FILE output=DIR [data=NAME]``: masks for
+image files."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from segfw.commands.config import plain
 from segfw.deploy.predict import predict_files
 from segfw.deploy.predictor import Predictor
+from segfw.training.module import DATA_FACTS, data_for_checkpoint
 
 
 def predict(cfg: DictConfig) -> dict[str, Any]:
     """Predicts every image of ``cfg.input`` and writes masks, overlays and ``summary.json`` into
     ``cfg.output`` (``segfw.deploy.predict.predict_files``); ``inference: null`` predicts as the
-    checkpoint was validated."""
-    settings = plain(cfg)
+    checkpoint was validated.
+
+    Raises:
+        ConfigError: ``cfg.data``, if given, names other classes or another ``ignore_index`` than
+            the checkpoint's.
+    """
+    config, facts = _without_data(cfg)
+    settings = plain(config)
     predictor = Predictor.from_checkpoint(
         settings["ckpt_path"],
         settings.get("inference"),
@@ -24,6 +32,8 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
         batch_size=settings["batch_size"],
         max_pixels=settings["max_pixels"],
     )
+    if facts is not None:
+        data_for_checkpoint(predictor.module.hparams, facts, settings["ckpt_path"])
     return predict_files(
         predictor,
         Path(settings["input"]).expanduser(),
@@ -32,3 +42,18 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
         max_image_pixels=settings["max_image_pixels"],
         progress=settings["progress"],
     )
+
+
+def _without_data(cfg: DictConfig) -> tuple[DictConfig, dict[str, Any] | None]:
+    """``cfg`` without its ``data`` section, and that section's class facts (``DATA_FACTS``, and
+    ``format`` to name it; those it leaves required, ``???``, as ``None``). Predicting reads no
+    dataset, so the rest of the section (``data.root`` ...) need not be given."""
+    data = cfg.get("data")
+    if data is None:
+        return cfg, None
+    values = cast(dict[str, Any], OmegaConf.to_container(data, resolve=True))
+    facts = {key: None if OmegaConf.is_missing(data, key) else values[key] for key in DATA_FACTS}
+    config = cfg.copy()  # the composed config stays as it was
+    with open_dict(config):
+        del config["data"]
+    return config, {"format": values["format"], **facts}

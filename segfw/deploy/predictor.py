@@ -4,6 +4,11 @@
     predictor = segfw.load("logs/runs/<run>/checkpoints/last.ckpt")
     mask = predictor.predict("photo.jpg")            # uint8 (H, W) class indices
     masks = predictor.predict([array, pil_image])    # one mask per image, each at its size
+    predictor.class_names, predictor.palette         # what each index means, and its colour
+
+Layouts: NumPy arrays are channels-last, (H, W, 3) as PIL and OpenCV read images (OpenCV's BGR
+order aside); torch tensors are channels-first, (3, H, W) or a batch (N, 3, H, W), as torch holds
+images. Any other layout is refused, never guessed.
 
 ``predict.py`` is a loop over the same predictor, so both give the same masks.
 """
@@ -25,11 +30,14 @@ from segfw.data.files import read_image, rgb8
 from segfw.errors import ConfigError
 from segfw.inference.modes import build_inference, labels_at
 from segfw.training.module import SegmentationModule, load_checkpoint
+from segfw.visualize import checkpoint_palette
 
 log = logging.getLogger(__name__)
 
 # What predict() takes as one image.
-ImageLike = np.ndarray | Image.Image | str | Path
+ImageLike = np.ndarray | torch.Tensor | Image.Image | str | Path
+# Channels an image may have: grey, RGB, RGB and alpha (dropped).
+CHANNELS = (1, 3, 4)
 # Larger images are predicted shrunk to this many pixels, their masks resized back (memory).
 MAX_PIXELS = 8_388_608
 
@@ -95,21 +103,41 @@ class Predictor:
             log.info("predicting as the checkpoint was validated: inference=%s", inference)
         return cls(SegmentationModule.from_checkpoint(checkpoint), inference, **options)
 
+    @property
+    def class_names(self) -> list[str]:
+        """What each class index of a mask means: the checkpoint's class names."""
+        return list(self.module.hparams["class_names"])
+
+    @property
+    def palette(self) -> np.ndarray:
+        """The colour of each class index, uint8 (num_classes, 3): the checkpoint's palette, as
+        ``predict.py`` paints masks and overlays (a generated one when its data had none)."""
+        return checkpoint_palette(self.module.hparams)
+
     def predict(
         self, images: ImageLike | list[ImageLike] | tuple[ImageLike, ...]
     ) -> np.ndarray | list[np.ndarray]:
         """Class-index masks, uint8 (H, W), each at its image's own size.
 
         Args:
-            images: one image or a list of them: NumPy arrays (H, W, 3) RGB or (H, W) grey,
-                uint8 or uint16, an alpha channel (H, W, 4) dropped; PIL images; or file paths.
+            images: one image or a list (or tuple) of them: a file path (``str`` or ``Path``);
+                a PIL image; a NumPy array channels-last, (H, W, 3) RGB, (H, W, 4) with alpha
+                (dropped) or (H, W) grey, uint8 or uint16; a torch tensor channels-first,
+                (3, H, W), (4, H, W), (1, H, W) or (H, W), uint8 or uint16, or a batch of them
+                (N, C, H, W). Other layouts are refused: a (3, H, W) NumPy array is not guessed
+                to be channels-first.
 
         Returns:
-            One mask for one image, a list of masks for a list.
+            One mask for one image; a list of masks for a list of images or a batch tensor.
 
         Raises:
-            DataError: a file that cannot be read as an image, or pixels of an unusable type.
+            ConfigError: a path that does not exist, or an array or tensor of another layout or
+                dtype.
+            DataError: a file that cannot be read as an image.
         """
+        if isinstance(images, torch.Tensor) and images.ndim == 4:
+            images = list(images)
+        # A str is a sequence too: only a list or tuple is several images.
         single = not isinstance(images, (list, tuple))
         batch: list[ImageLike] = list(images) if isinstance(images, (list, tuple)) else [images]
         masks = []
@@ -141,18 +169,58 @@ def as_validated(checkpoint: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def as_rgb8(image: ImageLike) -> np.ndarray:
-    """An image given to :meth:`Predictor.predict` as RGB uint8 (H, W, 3)."""
+    """An image given to :meth:`Predictor.predict` as RGB uint8 (H, W, 3).
+
+    Raises:
+        ConfigError: a path that does not exist; an array or tensor of another layout or dtype.
+        DataError: a file that cannot be read as an image.
+    """
     if isinstance(image, (str, Path)):
-        return read_image(Path(image))
+        path = Path(image).expanduser()
+        if not path.is_file():
+            raise ConfigError(
+                f"Image file {str(path)!r} does not exist; give the path of an image."
+            )
+        return read_image(path)
     if isinstance(image, Image.Image):
         return rgb8(image, "the PIL image")
+    if isinstance(image, torch.Tensor):
+        if image.ndim == 3 and image.shape[0] not in CHANNELS:
+            raise ConfigError(
+                f"A torch image tensor is channels-first, (3, H, W) or (N, 3, H, W); got shape "
+                f"{tuple(image.shape)}: pass tensor.permute(2, 0, 1) for a channels-last one."
+            )
+        if image.ndim not in (2, 3):
+            raise ConfigError(
+                f"A torch image tensor is (C, H, W) or (H, W), a batch (N, C, H, W) given alone, "
+                f"not in a list; got shape {tuple(image.shape)}."
+            )
+        tensor = image.detach().cpu()
+        return _rgb8_array((tensor if tensor.ndim == 2 else tensor.permute(1, 2, 0)).numpy())
     array = np.asarray(image)
+    if array.ndim == 3 and array.shape[2] not in CHANNELS:
+        hint = (
+            ": it looks channels-first; pass array.transpose(1, 2, 0)"
+            if array.shape[0] in CHANNELS
+            else ""
+        )
+        raise ConfigError(
+            f"A NumPy image array is channels-last, (H, W, 3), (H, W, 4) or (H, W), as PIL and "
+            f"OpenCV read images; got shape {array.shape}{hint}."
+        )
+    return _rgb8_array(array)
+
+
+def _rgb8_array(array: np.ndarray) -> np.ndarray:
+    """A channels-last array (H, W) or (H, W, 1|3|4), uint8 or uint16, as RGB uint8."""
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[..., 0]
     if array.dtype == np.uint16:  # keep the high byte, as the image reader does
         array = (array >> 8).astype(np.uint8)
     if array.dtype != np.uint8 or array.ndim not in (2, 3):
         raise ConfigError(
-            f"An image array must be uint8 or uint16, (H, W) or (H, W, 3|4); got {array.dtype} "
-            f"of shape {array.shape}."
+            f"An image must be uint8 or uint16, (H, W) or (H, W, 3|4) (a NumPy array), or (C, H, W) "
+            f"(a torch tensor); got {array.dtype} of shape {array.shape}."
         )
     if array.ndim == 2:
         array = np.repeat(array[..., None], 3, axis=2)

@@ -305,3 +305,82 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             f"hyper_parameters and state_dict)."
         )
     return checkpoint
+
+
+# The data facts a checkpoint's outputs and scores depend on: what each output channel means, and
+# which mask value is left out of the loss and the metrics.
+DATA_FACTS = ("num_classes", "class_names", "ignore_index")
+
+
+def data_for_checkpoint(
+    hparams: Mapping[str, Any], data: Mapping[str, Any], ckpt_path: str | Path
+) -> dict[str, Any]:
+    """``data`` (a ``data`` section) settled for the checkpoint it will be scored or predicted
+    with: ``num_classes``, ``class_names`` and ``ignore_index`` left unset (``None``) become the
+    checkpoint's; those given must be the checkpoint's.
+
+    A network trained on other classes would be scored under the wrong names, or fail on labels
+    beyond its outputs; the one check of ``evaluate.py``, ``predict.py`` and ``segfw.evaluate``.
+
+    Args:
+        hparams: the checkpoint's hyperparameters (``checkpoint["hyper_parameters"]``).
+        data: the data section; ``format`` names it in the message.
+        ckpt_path: the checkpoint's path, for the message.
+
+    Raises:
+        ConfigError: a fact differs from the checkpoint's; one line naming both values and the fix.
+    """
+    trained: dict[str, Any] = {
+        "num_classes": int(hparams["num_classes"]),
+        "class_names": list(hparams["class_names"]),
+        "ignore_index": int(hparams.get("ignore_index", 255)),
+    }
+    settled = dict(data)
+    if settled.get("num_classes") is None:
+        names = settled.get("class_names")
+        settled["num_classes"] = trained["num_classes"] if names is None else len(names)
+    # The checkpoint's names name its classes only: not a count of the data's own.
+    if settled.get("class_names") is None and settled["num_classes"] == trained["num_classes"]:
+        settled["class_names"] = trained["class_names"]
+    if settled.get("ignore_index") is None:
+        settled["ignore_index"] = trained["ignore_index"]
+    names = settled.get("class_names")
+    given: dict[str, Any] = {
+        "num_classes": int(settled["num_classes"]),
+        "class_names": None if names is None else list(names),
+        "ignore_index": int(settled["ignore_index"]),
+    }
+    if given == trained:
+        return settled
+    name = f"data={data.get('format', '...')}"
+    differences = []
+    if (
+        given["num_classes"] != trained["num_classes"]
+        or given["class_names"] != trained["class_names"]
+    ):
+        differences.append(
+            f"was trained on {trained['num_classes']} classes ({_listing(trained['class_names'])}) "
+            f"but {name} has {given['num_classes']}"
+            + ("" if names is None else f" ({_listing(given['class_names'])})")
+        )
+    if given["ignore_index"] != trained["ignore_index"]:
+        differences.append(
+            f"was trained with ignore_index={trained['ignore_index']} but {name} has "
+            f"ignore_index={given['ignore_index']}"
+        )
+    fix = " ".join(
+        f"data.{key}={_override(trained[key])}" for key in DATA_FACTS if given[key] != trained[key]
+    )
+    raise ConfigError(
+        f"Checkpoint {str(ckpt_path)!r} {' and '.join(differences)}: pick the data it was trained "
+        f"on (leave data out), or, if these masks hold its classes, set {fix}."
+    )
+
+
+def _listing(names: Sequence[str], shown: int = 8) -> str:
+    more = f", ... {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
+
+
+def _override(value: Any) -> str:
+    return f"[{','.join(value)}]" if isinstance(value, list) else str(value)
