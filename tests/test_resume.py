@@ -21,8 +21,8 @@ from omegaconf import OmegaConf
 from helpers import compose_config, tiny
 from segfw.commands import train as tasks
 from segfw.errors import ConfigError
-from segfw.training.requeue import Requeued
-from segfw.training.resume import RandomState, resolve_ckpt_path
+from segfw.training.requeue import Requeued, requeue_checkpoint
+from segfw.training.resume import RandomState
 
 # Two epochs of four steps at 32 px; DeepLabv3+'s dropout makes the weights depend on the random
 # state of the training process, flips and a random rescale on each sample's own seed.
@@ -241,16 +241,20 @@ def test_requeue_saves_after_the_optimizer_step_the_warning_lands_in(slurm_task,
     assert (tmp_path / "scontrol.log").read_text().split() == ["requeue", "4242"]
 
 
-def test_job_requeued_by_slurm_with_only_last_checkpoint_resumes_from_it(slurm_task, tmp_path):
+def test_job_requeued_by_slurm_with_only_last_checkpoint_resumes_from_it(
+    uninterrupted, interrupted, slurm_task, tmp_path
+):
     # SLURM requeued the job on its own (a node failure): no hpc_ckpt_*.ckpt, an epoch's last.ckpt.
-    # Before: "... holds no hpc_ckpt_*.ckpt to resume from. Give the job a run dir ...".
-    cfg = _config(tmp_path / "run")
-    trainer = tasks.build_trainer(cfg)
-    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
-    last.parent.mkdir(parents=True)
-    last.write_bytes(b"")
+    # Before: ConfigError "... holds no hpc_ckpt_*.ckpt to resume from. Give the job a run dir ...".
+    run_dir = shutil.copytree(interrupted, tmp_path / "run")
     slurm_task.setenv("SLURM_RESTART_COUNT", "1")
-    assert resolve_ckpt_path(None, trainer) == str(last)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    assert requeue_checkpoint(run_dir) == last  # the wandb run goes on too
+    tasks.train(_config(run_dir))
+    resumed, expected = _final_state(run_dir), _final_state(uninterrupted)
+    assert resumed["global_step"] == expected["global_step"] == 8
+    for name, weight in expected["state_dict"].items():
+        assert torch.equal(resumed["state_dict"][name], weight), name
 
 
 # --- killed with SIGKILL, the default loader (workers, persistent), every default callback ---------
