@@ -117,3 +117,25 @@ def test_torchrun_matches_the_lightning_launched_run(ddp_run, tmp_path):
     # Rank 1 logs into the run dir, as Lightning's relaunched process does, not into the cwd.
     assert (tmp_path / "train_ddp_process_1.log").is_file()
     assert not (ROOT / "train_ddp_process_1.log").exists()
+
+
+def test_a_loss_diverging_on_one_rank_stops_every_rank_at_that_step(tmp_path):
+    # Four steps an epoch; rank 1's loss alone becomes NaN at global step 1. Before: rank 1
+    # stopped by itself (DDP overwrote the other ranks' divergence counts with rank 0's), and rank 0
+    # died in its next broadcast, "Connection closed by peer", exit -9 (on NCCL: a hang).
+    result = _run(
+        [
+            sys.executable,
+            "train.py",
+            *tiny([*DDP_CPU, "data.batch_size=4", "trainer.max_epochs=2"]),
+            f"hydra.run.dir={tmp_path}",
+            "+callbacks.nan._target_=tests.ddp_helpers.NanLossAt",
+            "+callbacks.nan.step=1",
+        ]
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 1, output[-3000:]
+    stopped = "Training stopped: the loss became NaN or infinite (1 step(s) up to global step 2,"
+    assert output.count(stopped) == 2, output[-3000:]  # each rank, after the same step
+    assert "Connection closed by peer" not in output
+    assert not list((tmp_path / "checkpoints").glob("*.ckpt"))

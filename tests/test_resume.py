@@ -15,11 +15,13 @@ from pathlib import Path
 import pytest
 import pytorch_lightning as pl
 import torch
+from cluster_helpers import fake_scontrol, free_port, slurm_task_env
 from omegaconf import OmegaConf
 
 from helpers import compose_config, tiny
 from segfw.commands import train as tasks
 from segfw.errors import ConfigError
+from segfw.training.requeue import Requeued, requeue_checkpoint
 from segfw.training.resume import RandomState
 
 # Two epochs of four steps at 32 px; DeepLabv3+'s dropout makes the weights depend on the random
@@ -148,6 +150,111 @@ def test_requeued_slurm_job_without_its_requeue_checkpoint_is_refused(tmp_path, 
     monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
     with pytest.raises(ConfigError, match=r"requeued.*hydra\.run\.dir=logs/runs/\$SLURM_JOB_ID"):
         tasks.train(_config(tmp_path))
+
+
+# --- SLURM requeue, one task: saved after an optimizer step, resumed to the same weights ----------
+
+# Four batches an epoch, two per optimizer step: two steps an epoch, four in all.
+ACCUMULATING = ["trainer.accumulate_grad_batches=2", "trainer.log_every_n_steps=10"]
+
+
+class SignalAfterBackward(pl.Callback):
+    """Sends SIGUSR1 to this process after the backward pass of one batch (counted over the fit),
+    where a SLURM warning may land: in the middle of an accumulation, or before its step."""
+
+    def __init__(self, batch: int) -> None:
+        self.batch = batch
+
+    def on_after_backward(self, trainer, pl_module) -> None:
+        if trainer.fit_loop.total_batch_idx == self.batch:
+            os.kill(os.getpid(), signal.SIGUSR1)
+
+
+@pytest.fixture
+def slurm_task(tmp_path, monkeypatch):
+    """This process as the only task of SLURM job 4242, with a stand-in scontrol."""
+    for name in [k for k in os.environ if k.startswith("SLURM_")]:
+        monkeypatch.delenv(name)
+    for name, value in slurm_task_env(4242, 0, 1, free_port()).items():
+        monkeypatch.setenv(name, value)
+    bin_dir = fake_scontrol(tmp_path / "bin", tmp_path / "scontrol.log")
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    return monkeypatch
+
+
+def _warned_run(run_dir: Path, batch: int, *overrides: str) -> str:
+    """Trains in ``run_dir`` until SIGUSR1, sent after ``batch``'s backward pass, stops it; the
+    stop message."""
+    build_trainer = tasks.build_trainer
+
+    def warned_trainer(cfg):
+        trainer = build_trainer(cfg)
+        trainer.callbacks.append(SignalAfterBackward(batch))
+        return trainer
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(tasks, "build_trainer", warned_trainer)
+        with pytest.raises(Requeued) as stopped:
+            tasks.train(_config(run_dir, *overrides))
+    return str(stopped.value)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_accumulating(tmp_path_factory):
+    output_dir = tmp_path_factory.mktemp("uninterrupted_accumulating")
+    tasks.train(_config(output_dir, *ACCUMULATING))
+    return _final_state(output_dir)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("batch", "saved_step"),
+    [(4, 3), (5, 3)],  # batch 4 begins the second epoch's first accumulation, batch 5 ends it
+    ids=["mid_accumulation", "at_the_optimizer_step"],
+)
+def test_requeue_with_gradient_accumulation_resumes_to_the_uninterrupted_weights(
+    uninterrupted_accumulating, slurm_task, tmp_path, batch, saved_step
+):
+    run_dir = tmp_path / "run"
+    message = _warned_run(run_dir, batch, *ACCUMULATING)
+    # Before: a warning after batch 4 saved there, its gradient lost (max |delta| 2.6 at the end).
+    assert f"Stopped at step {saved_step} for the SLURM requeue" in message
+    (saved,) = run_dir.glob("hpc_ckpt_*.ckpt")
+    assert torch.load(saved, map_location="cpu")["global_step"] == saved_step
+
+    slurm_task.setenv("SLURM_RESTART_COUNT", "1")
+    tasks.train(_config(run_dir, *ACCUMULATING))
+    resumed, expected = _final_state(run_dir), uninterrupted_accumulating
+    assert resumed["global_step"] == expected["global_step"] == 4
+    for name, weight in expected["state_dict"].items():
+        assert torch.equal(resumed["state_dict"][name], weight), name
+
+
+def test_requeue_saves_after_the_optimizer_step_the_warning_lands_in(slurm_task, tmp_path):
+    # Before: only at steps that are multiples of trainer.log_every_n_steps (10 here), so a run
+    # of four steps never stopped for the requeue.
+    run_dir = tmp_path / "run"
+    message = _warned_run(run_dir, 1, "trainer.log_every_n_steps=10", "trainer.max_epochs=1")
+    assert "Stopped at step 2 for the SLURM requeue (signal SIGUSR1)" in message
+    (saved,) = run_dir.glob("hpc_ckpt_*.ckpt")
+    assert torch.load(saved, map_location="cpu")["global_step"] == 2
+    assert (tmp_path / "scontrol.log").read_text().split() == ["requeue", "4242"]
+
+
+def test_job_requeued_by_slurm_with_only_last_checkpoint_resumes_from_it(
+    uninterrupted, interrupted, slurm_task, tmp_path
+):
+    # SLURM requeued the job on its own (a node failure): no hpc_ckpt_*.ckpt, an epoch's last.ckpt.
+    # Before: ConfigError "... holds no hpc_ckpt_*.ckpt to resume from. Give the job a run dir ...".
+    run_dir = shutil.copytree(interrupted, tmp_path / "run")
+    slurm_task.setenv("SLURM_RESTART_COUNT", "1")
+    last = run_dir / "checkpoints" / "last.ckpt"
+    assert requeue_checkpoint(run_dir) == last  # the wandb run goes on too
+    tasks.train(_config(run_dir))
+    resumed, expected = _final_state(run_dir), _final_state(uninterrupted)
+    assert resumed["global_step"] == expected["global_step"] == 8
+    for name, weight in expected["state_dict"].items():
+        assert torch.equal(resumed["state_dict"][name], weight), name
 
 
 # --- killed with SIGKILL, the default loader (workers, persistent), every default callback ---------

@@ -345,5 +345,9 @@ class SegmentationDataModule(pl.LightningDataModule):
             pin_memory=self._pin_memory(),
             persistent_workers=self.hparams["persistent_workers"] and workers > 0,
             prefetch_factor=self.hparams["prefetch_factor"] if workers > 0 else None,
+            # Each iterator draws a seed for its workers; from the global generator, that draw
+            # would sit between a mid-epoch checkpoint's random state, restored first, and the
+            # rest of a resumed epoch (dropout), which an uninterrupted run draws before it.
+            generator=torch.Generator().manual_seed(self.hparams["training_seed"]),
             **options,
         )

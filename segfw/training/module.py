@@ -61,10 +61,9 @@ class SegmentationModule(pl.LightningModule):
         per_image: also count each evaluated image's own scores (``per_image_results``).
     """
 
-    # Buffers (register_buffer): the input statistics, and the count of non-finite losses.
+    # Buffers (register_buffer): the input statistics.
     mean: torch.Tensor
     std: torch.Tensor
-    nonfinite_losses: torch.Tensor
 
     def __init__(
         self,
@@ -110,9 +109,10 @@ class SegmentationModule(pl.LightningModule):
         self.last_confusion: dict[str, torch.Tensor] = {}
         # Each stage's per-image (dataset indices, counts) of its latest epoch, with per_image.
         self.per_image_results: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-        # Count of non-finite losses, kept on the device and read only every log interval, so the
-        # check costs no host synchronization per step.
-        self.register_buffer("nonfinite_losses", torch.zeros((), dtype=torch.long), False)
+        # This process's count of non-finite losses, kept on the device and read only every log
+        # interval, so the check costs no host synchronization per step. Not a buffer: DDP would
+        # overwrite every rank's count with rank 0's at each forward pass.
+        self.nonfinite_losses = torch.zeros((), dtype=torch.long)
 
     @classmethod
     def from_checkpoint(
@@ -166,7 +166,8 @@ class SegmentationModule(pl.LightningModule):
         target = batch["mask"].long()
         outputs = self.net.training_outputs(self.normalize(batch["image"]))
         loss = sum(w * self.criterion(logits, target) for logits, w in outputs.loss_terms)
-        self.nonfinite_losses += (~torch.isfinite(loss.detach())).long()
+        nonfinite = (~torch.isfinite(loss.detach())).long()
+        self.nonfinite_losses = self.nonfinite_losses.to(loss.device) + nonfinite
         self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True)
         if _key("train") in self.metrics:
             self._metrics("train").update(outputs.logits.detach().argmax(1), target)
@@ -181,7 +182,11 @@ class SegmentationModule(pl.LightningModule):
             self._stop_if_diverged()
 
     def _stop_if_diverged(self) -> None:
-        count = int(self.nonfinite_losses.item())
+        # Summed over the processes, which all check at the same steps: a loss that diverged on
+        # one rank stops every rank there, together, with the same message (a rank stopping on
+        # its own would leave the others waiting in their next collective).
+        local = self.nonfinite_losses.clone()  # the all-reduce writes into its argument
+        count = int(self.trainer.strategy.reduce(local, reduce_op="sum").item())
         if not count:
             return
         callback = self.trainer.checkpoint_callback

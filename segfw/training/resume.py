@@ -21,6 +21,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.utilities import rank_zero_warn
 
 from segfw.errors import ConfigError
+from segfw.training.requeue import slurm_restarts
 
 
 def resolve_ckpt_path(ckpt_path: str | None, trainer: pl.Trainer) -> str | None:
@@ -36,29 +37,27 @@ def resolve_ckpt_path(ckpt_path: str | None, trainer: pl.Trainer) -> str | None:
         trainer: the Trainer whose ModelCheckpoint callbacks write the run's checkpoints.
 
     Returns:
-        ``ckpt_path`` itself, or for ``last`` the path of the run's ``last.ckpt``.
+        ``ckpt_path`` itself, or for ``last`` the path of the run's ``last.ckpt``; for ``None`` in
+        a requeued SLURM job without a requeue checkpoint, its ``last.ckpt`` too.
 
     Raises:
         ConfigError: ``last`` without a ``last.ckpt`` to continue from, or a SLURM job requeued
-            into a run dir that holds no requeue checkpoint.
+            into a run dir that holds neither a requeue checkpoint nor ``last.ckpt``.
     """
     if ckpt_path is None:
-        _check_requeued_job_can_resume(trainer)
-        return None
+        return _requeued_job_checkpoint(trainer)
     if ckpt_path != "last":
         return ckpt_path
-    dirpaths = [c.dirpath for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint)]
-    if not dirpaths or not all(dirpaths):
+    directories = _checkpoint_directories(trainer)
+    if not directories:
         raise ConfigError(
             "ckpt_path=last needs the checkpoint callbacks of segfw/conf/callbacks/default.yaml, with "
             "their dirpath; or pass ckpt_path=<a .ckpt file>."
         )
-    directories = [Path(d) for d in dirpaths if d]
-    name = f"{ModelCheckpoint.CHECKPOINT_NAME_LAST}{ModelCheckpoint.FILE_EXTENSION}"
-    found = [d / name for d in directories if (d / name).is_file()]
+    found = _last_checkpoints(directories)
     if not found:
         raise ConfigError(
-            f"ckpt_path=last: there is no {directories[0] / name}, so there is no run to continue "
+            f"ckpt_path=last: there is no {directories[0] / LAST}, so there is no run to continue "
             f"in {directories[0].parent}. A run resumes in its own directory: repeat the "
             f"interrupted run's command with ckpt_path=last hydra.run.dir=<its run dir> (for "
             f"example logs/runs/2024-05-01_12-00-00), or pass ckpt_path=<a .ckpt file>."
@@ -66,16 +65,40 @@ def resolve_ckpt_path(ckpt_path: str | None, trainer: pl.Trainer) -> str | None:
     return str(found[0])
 
 
-def _check_requeued_job_can_resume(trainer: pl.Trainer) -> None:
-    """On a requeued SLURM job, Lightning resumes from ``hpc_ckpt_*.ckpt`` in the run dir; a run
-    dir that changed with the requeue (a new timestamp) would silently restart from scratch."""
-    restarts = int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0)
-    if restarts and not any(Path(trainer.default_root_dir).glob("hpc_ckpt_*.ckpt")):
-        raise ConfigError(
-            f"This SLURM job was requeued (SLURM_RESTART_COUNT={restarts}) but its run dir "
-            f"{trainer.default_root_dir} holds no hpc_ckpt_*.ckpt to resume from. Give the job a "
-            f"run dir that survives the requeue: hydra.run.dir=logs/runs/$SLURM_JOB_ID."
-        )
+LAST = f"{ModelCheckpoint.CHECKPOINT_NAME_LAST}{ModelCheckpoint.FILE_EXTENSION}"
+
+
+def _checkpoint_directories(trainer: pl.Trainer) -> list[Path]:
+    """Where the run's ModelCheckpoint callbacks write; empty if one of them has no dirpath."""
+    dirpaths = [c.dirpath for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint)]
+    return [Path(d) for d in dirpaths if d] if dirpaths and all(dirpaths) else []
+
+
+def _last_checkpoints(directories: list[Path]) -> list[Path]:
+    return [d / LAST for d in directories if (d / LAST).is_file()]
+
+
+def _requeued_job_checkpoint(trainer: pl.Trainer) -> str | None:
+    """What a requeued SLURM job started with ``ckpt_path=null`` resumes from.
+
+    After segfw's own requeue (:class:`segfw.training.requeue.Requeue`), Lightning finds the run
+    dir's ``hpc_ckpt_<n>.ckpt`` itself: ``None``. A job that SLURM requeued on its own (a node
+    failure, a preemption) has none, and continues from its ``last.ckpt``, its last finished
+    epoch. A run dir that changed with the requeue (a new timestamp) holds neither, and would
+    silently restart from scratch.
+    """
+    restarts = slurm_restarts()
+    if not restarts or any(Path(trainer.default_root_dir).glob("hpc_ckpt_*.ckpt")):
+        return None
+    found = _last_checkpoints(_checkpoint_directories(trainer))
+    if found:
+        return str(found[0])
+    raise ConfigError(
+        f"This SLURM job was requeued (SLURM_RESTART_COUNT={restarts}) but its run dir "
+        f"{trainer.default_root_dir} holds neither an hpc_ckpt_*.ckpt nor a checkpoints/{LAST} to "
+        f"resume from. Give the job a run dir that survives the requeue: "
+        f"hydra.run.dir=logs/runs/$SLURM_JOB_ID."
+    )
 
 
 class RandomState(pl.Callback):
