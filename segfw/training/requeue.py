@@ -67,7 +67,7 @@ class Requeue(pl.Callback):
     epoch's last step, at the end of the first step of the next epoch (a checkpoint there would
     resume without that epoch's validation); one after training (while the best checkpoint is
     scored), not at all: the job ends when SLURM ends it. Under DDP the agreement costs one
-    all-reduce of one number every ``trainer.log_every_n_steps`` steps.
+    all-reduce of one number every ``trainer.log_every_n_steps`` steps (every step when it is 0).
 
     Args:
         signum: the warning signal; the same as ``#SBATCH --signal=<signal>@<seconds>``.
@@ -105,8 +105,11 @@ class Requeue(pl.Callback):
         # SLURM signals each task on its own: every rank stops at the step where the first
         # signalled rank sees its flag. The agreement is a collective read back on the host, so
         # every rank makes it at the same steps, and only every log interval: a step's work goes
-        # on without waiting, and SLURM's warning comes minutes before the end.
-        if trainer.global_step % trainer.log_every_n_steps:  # type: ignore[attr-defined]  # set at run time
+        # on without waiting, and SLURM's warning comes minutes before the end. With step logging
+        # off (log_every_n_steps=0) there is no interval: the warning must still be acted on, so
+        # every step.
+        interval = trainer.log_every_n_steps or 1  # type: ignore[attr-defined]  # set at run time
+        if trainer.global_step % interval:
             return
         if not trainer.strategy.reduce_boolean_decision(self.signalled, all=False):
             return
