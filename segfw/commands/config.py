@@ -17,6 +17,7 @@ import pytorch_lightning as pl
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.accelerators import CPUAccelerator
 
 from segfw.data import SegmentationDataModule
 from segfw.errors import ConfigError
@@ -131,6 +132,23 @@ def build_trainer(cfg: DictConfig) -> pl.Trainer:
     return _trainer(
         cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=slurm_plugins()
     )
+
+
+def check_training_precision(trainer: pl.Trainer) -> None:
+    """Refuses a training precision that cannot train on the trainer's accelerator.
+
+    Raises:
+        ConfigError: ``16-true`` on the CPU. Its float16 weights train without loss scaling, so
+            the optimizer's small updates underflow (AdamW's ``eps=1e-8`` is 0 in float16) and the
+            loss turns NaN after the first steps; the CPU's float16 kernels are also tens of times
+            slower than float32 ones.
+    """
+    if trainer.precision == "16-true" and isinstance(trainer.accelerator, CPUAccelerator):
+        raise ConfigError(
+            "trainer.precision=16-true cannot train on the CPU (float16 weights without loss "
+            "scaling turn the loss NaN, and CPU float16 kernels are slow): use "
+            "trainer.precision=bf16-mixed, bf16-true or 32-true."
+        )
 
 
 def build_evaluation_trainer(cfg: DictConfig) -> pl.Trainer:

@@ -122,8 +122,11 @@ def score(
         for stage, (indices, counts) in tables.items():
             if worst_cases:
                 picture = output_dir / "worst_cases" / f"{stage}.png"
+                # Drawn at the precision the stage was scored at (bf16-mixed: under autocast).
+                plugin = trainer.precision_plugin
+                context = plugin.val_step_context if stage == "val" else plugin.test_step_context
                 cases[stage] = worst_case_gallery(
-                    module, datamodule, stage, indices, counts, worst_cases, picture
+                    module, datamodule, stage, indices, counts, worst_cases, picture, context
                 )
                 log.info("the lowest-scoring %s images drawn in %s", stage, picture)
     return metrics, cases

@@ -17,6 +17,7 @@ from segfw.commands.config import (
     build_module,
     build_trainer,
     check_optimized_metric,
+    check_training_precision,
     in_sweep,
     settle_class_weights,
     train_settings,
@@ -72,6 +73,7 @@ def _train(cfg: DictConfig) -> dict[str, Any]:
 
     module = build_module(settings)
     trainer = build_trainer(cfg)
+    check_training_precision(trainer)
     check_launch(trainer, settings["trainer"].get("sync_batchnorm", False), in_sweep())
     ckpt_path = resolve_ckpt_path(settings.get("ckpt_path"), trainer)
     if ckpt_path:

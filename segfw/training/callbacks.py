@@ -259,7 +259,8 @@ class ProgressBar(RichProgressBar):
 
     Lightning's bar converts the progress-bar metrics (``train/loss``) to Python numbers after
     every batch: on a GPU, a host-device synchronization per step that stalls the pipeline. The
-    loggers read them every ``log_every_n_steps`` anyway; the bar now reads them as often.
+    loggers read them every ``log_every_n_steps`` anyway; the bar now reads them as often (once
+    per epoch when ``log_every_n_steps=0`` turns step logging off).
 
     Args:
         refresh_rate: redraws per second (0 hides the bar).
@@ -270,13 +271,18 @@ class ProgressBar(RichProgressBar):
         super().__init__(refresh_rate=refresh_rate, leave=leave)
         self._shown: dict[str, Any] | None = None
         self._read_at_step = 0
+        self._read_in_epoch = -1
 
     def get_metrics(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:
         interval = trainer.log_every_n_steps  # type: ignore[attr-defined]  # set at run time
-        recent = trainer.global_step - self._read_at_step < interval
+        if interval:
+            recent = trainer.global_step - self._read_at_step < interval
+        else:
+            # Step logging off: the bar reads what it shows once per training epoch.
+            recent = trainer.current_epoch == self._read_in_epoch
         if trainer.training and self._shown is not None and recent:
             return self._shown
-        self._read_at_step = trainer.global_step
+        self._read_at_step, self._read_in_epoch = trainer.global_step, trainer.current_epoch
         self._shown = super().get_metrics(trainer, pl_module)
         return self._shown
 

@@ -138,10 +138,13 @@ class SegmentationModule(pl.LightningModule):
         return module.to(map_location).eval()
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 (N, 3, H, W) images -> the float input the backbone was trained on."""
+        """uint8 (N, 3, H, W) images -> the float input the backbone was trained on, in the
+        network's dtype (bfloat16 under ``trainer.precision=bf16-true``)."""
         # Reorder while the tensor is still uint8: a quarter of the bytes of the float copy.
         images = images.contiguous(memory_format=self.memory_format)
-        return (images.float() - self.mean) / self.std
+        # Normalized in float32, then cast: the batch stays uint8 up to here, so no precision
+        # plugin converts it, and a half-precision network needs its input in its own dtype.
+        return ((images.float() - self.mean.float()) / self.std.float()).to(self.dtype)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Logits (N, num_classes, H, W) for uint8 images (N, 3, H, W) of any size.
@@ -165,7 +168,8 @@ class SegmentationModule(pl.LightningModule):
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         target = batch["mask"].long()
         outputs = self.net.training_outputs(self.normalize(batch["image"]))
-        loss = sum(w * self.criterion(logits, target) for logits, w in outputs.loss_terms)
+        # The loss in float32 whatever the network's dtype: its sums run over every pixel.
+        loss = sum(w * self.criterion(logits.float(), target) for logits, w in outputs.loss_terms)
         nonfinite = (~torch.isfinite(loss.detach())).long()
         self.nonfinite_losses = self.nonfinite_losses.to(loss.device) + nonfinite
         self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True)
@@ -175,10 +179,11 @@ class SegmentationModule(pl.LightningModule):
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         # Read the device-side count every log interval and before each epoch's validation and
-        # checkpoint, so that no checkpoint is ever written from a diverged model.
+        # checkpoint, so that no checkpoint is ever written from a diverged model. An interval of
+        # 0 (step logging off) leaves the epoch's end.
         last_of_epoch = batch_idx + 1 == self.trainer.num_training_batches
         interval = self.trainer.log_every_n_steps  # type: ignore[attr-defined]  # set at run time
-        if last_of_epoch or self.global_step % interval == 0:
+        if last_of_epoch or (interval and self.global_step % interval == 0):
             self._stop_if_diverged()
 
     def _stop_if_diverged(self) -> None:
@@ -210,7 +215,7 @@ class SegmentationModule(pl.LightningModule):
     def _evaluation_step(self, batch: dict[str, torch.Tensor], stage: str) -> None:
         target = batch["mask"].long()
         images = batch["image"]
-        logits = self.evaluation_logits(images)
+        logits = self.evaluation_logits(images).float()
         # Each image's own loss: a batch's mean would weigh images by how they were batched.
         losses = torch.stack(
             [self.criterion(logits[i : i + 1], target[i : i + 1]) for i in range(len(target))]

@@ -94,15 +94,17 @@ def worst_cases(
     indices: torch.Tensor,
     counts: torch.Tensor,
     k: int,
+    precision: Callable[[], AbstractContextManager] = nullcontext,
 ) -> list[dict[str, Any]]:
-    """The ``k`` lowest-scoring images of ``stage``, predicted again as evaluation predicted them:
-    each a dict of ``index``, ``name`` (its image file), ``mIoU``, ``image`` (H, W, 3), ``target``
-    and ``prediction`` (H, W) uint8 numpy arrays."""
+    """The ``k`` lowest-scoring images of ``stage``, predicted again as evaluation predicted them
+    (in eval mode, under ``precision``, the context evaluation ran its steps in): each a dict of
+    ``index``, ``name`` (its image file), ``mIoU``, ``image`` (H, W, 3), ``target`` and
+    ``prediction`` (H, W) uint8 numpy arrays."""
     chosen = worst_indices(indices, counts, k)
     dataset = datamodule.dataset(stage)
     items = [dataset[index] for index, _ in chosen]
     collate = torch.utils.data.default_collate
-    predictions = predict_items(module, items, datamodule.eval_batch_size, collate)
+    predictions = predict_items(module, items, datamodule.eval_batch_size, collate, precision)
     return [
         {
             "index": index,
@@ -128,13 +130,20 @@ def predict_items(
     size, by :meth:`SegmentationModule.evaluation_logits`, under ``precision`` (the trainer's
     evaluation precision context, when a run's is to be matched)."""
     predictions: list[torch.Tensor] = [torch.empty(0)] * len(items)
-    for positions, batch in like_sized_batches(items, batch_size, collate):
-        with torch.inference_mode(), precision():
-            logits = module.evaluation_logits(batch["image"].to(module.device))
-        labels = logits.argmax(1).to(torch.uint8).cpu()
-        for row, position in enumerate(positions):
-            height, width = items[position]["mask"].shape
-            predictions[position] = labels[row, :height, :width]
+    # In eval mode, as evaluation ran: a module in train mode (one built to score the weights in
+    # memory) would normalize with each batch's own statistics and draw other predictions.
+    was_training = module.training
+    module.eval()
+    try:
+        for positions, batch in like_sized_batches(items, batch_size, collate):
+            with torch.inference_mode(), precision():
+                logits = module.evaluation_logits(batch["image"].to(module.device))
+            labels = logits.argmax(1).to(torch.uint8).cpu()
+            for row, position in enumerate(positions):
+                height, width = items[position]["mask"].shape
+                predictions[position] = labels[row, :height, :width]
+    finally:
+        module.train(was_training)
     return predictions
 
 
@@ -166,10 +175,11 @@ def worst_case_gallery(
     counts: torch.Tensor,
     k: int,
     path: Path,
+    precision: Callable[[], AbstractContextManager] = nullcontext,
 ) -> list[dict[str, Any]]:
     """Draws the ``k`` lowest-scoring images of ``stage`` into the PNG ``path``; returns them
-    (:func:`worst_cases`)."""
-    cases = worst_cases(module, datamodule, stage, indices, counts, k)
+    (:func:`worst_cases`, predicted under ``precision``)."""
+    cases = worst_cases(module, datamodule, stage, indices, counts, k, precision)
     if cases:
         path.parent.mkdir(parents=True, exist_ok=True)
         picture = gallery(cases, checkpoint_palette(module.hparams), module.hparams["ignore_index"])
