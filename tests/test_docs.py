@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import ast
 import importlib.metadata
-import importlib.util
 import json
 import os
 import re
@@ -371,14 +370,6 @@ def command_function(program: str) -> Callable[[DictConfig], Any]:
     return functions[program]
 
 
-def train_script():
-    """train.py as a module: its checks before Hydra starts."""
-    spec = importlib.util.spec_from_file_location("train_script", ROOT / "train.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 # --- datasets at the docs' roots ---------------------------------------------------------------
 
 SPLITS = {"train": 8, "val": 2, "test": 2}  # 8: one batch of TINY's 8 (the loader drops the rest)
@@ -532,7 +523,9 @@ def check_composes(command: Command, request) -> None:
     """Composes as ``--cfg job`` would and resolves what the command reads; the checkpoint it
     names is one a run wrote."""
     if command.program == "train.py":
-        train_script().require_sweep_extra(command.args)
+        from segfw.commands.train import require_sweep_extra
+
+        require_sweep_extra(command.args)
     config_name = CONFIGS[command.program]
     for cfg in compose_jobs(config_name, command.args):
         ckpt_path = settings(config_name, cfg).get("ckpt_path")

@@ -5,9 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import hydra
 from omegaconf import DictConfig
 
 from segfw.commands.config import plain
+from segfw.commands.run import CONF, run_command
 from segfw.deploy.predict import predict_files
 from segfw.deploy.predictor import Predictor
 
@@ -32,3 +34,10 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
         max_image_pixels=settings["max_image_pixels"],
         progress=settings["progress"],
     )
+
+
+# ``segfw-predict`` and ``predict.py``: Hydra's command line on the package's configs; the job (and
+# its log file) is named after this module.
+@hydra.main(version_base="1.3", config_path=str(CONF), config_name="predict")
+def main(cfg: DictConfig) -> None:
+    run_command(predict, cfg)
