@@ -183,6 +183,12 @@ CONFIGS = {
 }
 
 
+# The console scripts of an installed segfw (pyproject.toml): the repo's scripts under other names.
+CONSOLE_SCRIPTS = {
+    f"segfw-{name}": f"{name}.py" for name in ("train", "evaluate", "predict", "export")
+}
+
+
 @dataclass(frozen=True)
 class Command:
     launcher: str | None  # torchrun or srun, which start the program themselves
@@ -205,6 +211,8 @@ def parse(text: str) -> Command:
         return Command(launcher, words[1], words[2:])
     if words[0] == "wandb":
         return Command(None, f"wandb {words[1]}", words[2:])
+    if words[0] in CONSOLE_SCRIPTS:  # segfw-train ...: the script's command line
+        return Command(None, CONSOLE_SCRIPTS[words[0]], words[1:])
     return Command(None, words[0], words[1:])
 
 
@@ -614,8 +622,13 @@ def check_wandb_sync(command: Command, request) -> None:
 
 
 def check_pip(command: Command, request) -> None:
-    """``pip install -e .[extra]`` names this project and extras it declares."""
-    (target,) = [a for a in command.args[1:] if not a.startswith("-")]
+    """``pip install [-c constraints.txt] -e .[extra]`` names this project and extras it declares,
+    and a constraints file of the repo."""
+    args = command.args[1:]
+    constraints = [args[i + 1] for i, a in enumerate(args) if a in ("-c", "--constraint")]
+    for name in constraints:
+        assert (ROOT / name).is_file(), f"{name}: no such constraints file"
+    (target,) = [a for a in args if not a.startswith("-") and a not in constraints]
     path, _, extras = target.partition("[")
     project = tomllib.loads((ROOT / path / "pyproject.toml").read_text())["project"]
     declared = project["optional-dependencies"]
