@@ -10,6 +10,8 @@ ROOT=$PWD
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
 
+# setuptools builds in build/, where a module deleted since an earlier build would linger.
+rm -rf build
 python3 -m pip wheel . --no-deps -q -w "$WORK/dist"
 WHEEL=$(echo "$WORK"/dist/segfw-*.whl)
 

@@ -27,13 +27,16 @@ def test_wheel_ships_the_configs_and_the_console_scripts(tmp_path):
     (wheel,) = tmp_path.glob("segfw-*.whl")
     with zipfile.ZipFile(wheel) as archive:
         names = set(archive.namelist())
-        (entry_points,) = [n for n in names if n.endswith(".dist-info/entry_points.txt")]
-        scripts = configparser.ConfigParser()
-        scripts.read_string(archive.read(entry_points).decode())
+        entry_points = "".join(
+            archive.read(n).decode() for n in names if n.endswith(".dist-info/entry_points.txt")
+        )
     configs = {p.relative_to(ROOT).as_posix() for p in (ROOT / "segfw/conf").rglob("*.yaml")}
     assert len(configs) > 40  # every group: model, backbone, data ... hydra/launcher
     missing = configs - names
     assert not missing, f"configs the wheel lacks: {sorted(missing)}"
+    scripts = configparser.ConfigParser()
+    scripts.read_string(entry_points)
+    assert scripts.has_section("console_scripts"), "the wheel declares no console scripts"
     assert set(scripts["console_scripts"]) == SCRIPTS
     for target in scripts["console_scripts"].values():
         module, function = target.split(":")
