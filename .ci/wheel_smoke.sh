@@ -10,9 +10,13 @@ ROOT=$PWD
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
 
-# setuptools builds in build/, where a module deleted since an earlier build would linger.
-rm -rf build
-python3 -m pip wheel . --no-deps -q -w "$WORK/dist"
+# Built from a copy of what the wheel is made of: in the checkout setuptools would reuse
+# segfw.egg-info/SOURCES.txt (the editable install's) and build/, which can hold files the build
+# config alone would leave out, or modules deleted since.
+mkdir "$WORK/src"
+cp -r segfw pyproject.toml README.md "$WORK/src/"
+find "$WORK/src" -name __pycache__ -prune -exec rm -rf {} +
+python3 -m pip wheel "$WORK/src" --no-deps -q -w "$WORK/dist"
 WHEEL=$(echo "$WORK"/dist/segfw-*.whl)
 
 # quickstart in seconds: 2 training batches, 1 of each evaluation split (trainer/default.yaml has no

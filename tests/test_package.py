@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import configparser
 import importlib
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -17,14 +18,21 @@ SCRIPTS = {"segfw-train", "segfw-evaluate", "segfw-predict", "segfw-export"}
 
 
 def test_wheel_ships_the_configs_and_the_console_scripts(tmp_path):
-    # No build isolation and no dependencies: the wheel's file list is all this checks.
+    # Built from a copy of what the wheel is made of: setuptools would otherwise reuse the
+    # checkout's segfw.egg-info/SOURCES.txt and build/, which can list files the build config
+    # alone would leave out. No build isolation and no dependencies: the file list is all this
+    # checks.
+    source = tmp_path / "source"
+    shutil.copytree(ROOT / "segfw", source / "segfw", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", str(ROOT), "--no-deps", "--no-build-isolation"]
-        + ["-q", "-w", str(tmp_path)],
+        [sys.executable, "-m", "pip", "wheel", str(source), "--no-deps", "--no-build-isolation"]
+        + ["-q", "-w", str(tmp_path / "dist")],
         check=True,
         capture_output=True,
     )
-    (wheel,) = tmp_path.glob("segfw-*.whl")
+    (wheel,) = (tmp_path / "dist").glob("segfw-*.whl")
     with zipfile.ZipFile(wheel) as archive:
         names = set(archive.namelist())
         entry_points = "".join(
