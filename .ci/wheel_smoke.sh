@@ -3,7 +3,8 @@
 # venv once with the newest versions CI tests (constraints.txt) and once with the oldest that
 # pyproject.toml allows (constraints-oldest.txt), `pip check` clean; then, from a directory outside
 # the clone, a shrunk quickstart through the console script and through segfw.train, and
-# segfw.load(...).predict on the checkpoint. About 2 to 3 minutes per venv on 2 CPU cores.
+# segfw.load(...).predict on the checkpoint. 5 min 31 s of CPU in all (16 min wall on a shared 2-core
+# machine at load 14, 2026-12-01), mostly the two venv installs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
