@@ -1,16 +1,8 @@
-"""Score a checkpoint on a split.  python evaluate.py ckpt_path=PATH [split=test]"""
+"""Score a checkpoint on a split.  python evaluate.py ckpt_path=PATH [split=test]
 
-import hydra
-from omegaconf import DictConfig
+The same command as ``segfw-evaluate`` once segfw is installed: both run ``segfw.commands.evaluate.main``."""
 
-from segfw.commands.evaluate import evaluate
-from segfw.commands.run import run_command
-
-
-@hydra.main(version_base="1.3", config_path="segfw/conf", config_name="evaluate")
-def main(cfg: DictConfig) -> None:
-    run_command(evaluate, cfg)
-
+from segfw.commands.evaluate import main
 
 if __name__ == "__main__":
     main()

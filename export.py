@@ -1,16 +1,8 @@
-"""Export a checkpoint.  python export.py ckpt_path=PATH format=onnx|torchscript output=DIR"""
+"""Export a checkpoint.  python export.py ckpt_path=PATH format=onnx|torchscript output=DIR
 
-import hydra
-from omegaconf import DictConfig
+The same command as ``segfw-export`` once segfw is installed: both run ``segfw.commands.export.main``."""
 
-from segfw.commands.export import export
-from segfw.commands.run import run_command
-
-
-@hydra.main(version_base="1.3", config_path="segfw/conf", config_name="export")
-def main(cfg: DictConfig) -> None:
-    run_command(export, cfg)
-
+from segfw.commands.export import main
 
 if __name__ == "__main__":
     main()

@@ -1,16 +1,8 @@
-"""Predict masks for images.  python predict.py ckpt_path=PATH input=DIR_OR_FILE output=DIR"""
+"""Predict masks for images.  python predict.py ckpt_path=PATH input=DIR_OR_FILE output=DIR
 
-import hydra
-from omegaconf import DictConfig
+The same command as ``segfw-predict`` once segfw is installed: both run ``segfw.commands.predict.main``."""
 
-from segfw.commands.predict import predict
-from segfw.commands.run import run_command
-
-
-@hydra.main(version_base="1.3", config_path="segfw/conf", config_name="predict")
-def main(cfg: DictConfig) -> None:
-    run_command(predict, cfg)
-
+from segfw.commands.predict import main
 
 if __name__ == "__main__":
     main()

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import ast
 import importlib.metadata
-import importlib.util
 import json
 import os
 import re
@@ -184,6 +183,12 @@ CONFIGS = {
 }
 
 
+# The console scripts of an installed segfw (pyproject.toml): the repo's scripts under other names.
+CONSOLE_SCRIPTS = {
+    f"segfw-{name}": f"{name}.py" for name in ("train", "evaluate", "predict", "export")
+}
+
+
 @dataclass(frozen=True)
 class Command:
     launcher: str | None  # torchrun or srun, which start the program themselves
@@ -206,6 +211,8 @@ def parse(text: str) -> Command:
         return Command(launcher, words[1], words[2:])
     if words[0] == "wandb":
         return Command(None, f"wandb {words[1]}", words[2:])
+    if words[0] in CONSOLE_SCRIPTS:  # segfw-train ...: the script's command line
+        return Command(None, CONSOLE_SCRIPTS[words[0]], words[1:])
     return Command(None, words[0], words[1:])
 
 
@@ -371,14 +378,6 @@ def command_function(program: str) -> Callable[[DictConfig], Any]:
     return functions[program]
 
 
-def train_script():
-    """train.py as a module: its checks before Hydra starts."""
-    spec = importlib.util.spec_from_file_location("train_script", ROOT / "train.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 # --- datasets at the docs' roots ---------------------------------------------------------------
 
 SPLITS = {"train": 8, "val": 2, "test": 2}  # 8: one batch of TINY's 8 (the loader drops the rest)
@@ -532,7 +531,9 @@ def check_composes(command: Command, request) -> None:
     """Composes as ``--cfg job`` would and resolves what the command reads; the checkpoint it
     names is one a run wrote."""
     if command.program == "train.py":
-        train_script().require_sweep_extra(command.args)
+        from segfw.commands.train import require_sweep_extra
+
+        require_sweep_extra(command.args)
     config_name = CONFIGS[command.program]
     for cfg in compose_jobs(config_name, command.args):
         ckpt_path = settings(config_name, cfg).get("ckpt_path")
@@ -621,8 +622,13 @@ def check_wandb_sync(command: Command, request) -> None:
 
 
 def check_pip(command: Command, request) -> None:
-    """``pip install -e .[extra]`` names this project and extras it declares."""
-    (target,) = [a for a in command.args[1:] if not a.startswith("-")]
+    """``pip install [-c constraints.txt] -e .[extra]`` names this project and extras it declares,
+    and a constraints file of the repo."""
+    args = command.args[1:]
+    constraints = [args[i + 1] for i, a in enumerate(args) if a in ("-c", "--constraint")]
+    for name in constraints:
+        assert (ROOT / name).is_file(), f"{name}: no such constraints file"
+    (target,) = [a for a in args if not a.startswith("-") and a not in constraints]
     path, _, extras = target.partition("[")
     project = tomllib.loads((ROOT / path / "pyproject.toml").read_text())["project"]
     declared = project["optional-dependencies"]

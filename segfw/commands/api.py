@@ -5,7 +5,7 @@
     scores = segfw.evaluate("runs/a/checkpoints/last.ckpt", split="test")
 
 Overrides are written as on the command line. Errors are raised as exceptions (``segfw.errors``),
-not turned into exit codes. The configs are read from the ``segfw/conf/`` folder of this checkout.
+not turned into exit codes. The configs are the package's own (``segfw/conf/``), in a clone and in an installed wheel.
 """
 
 from __future__ import annotations
@@ -19,9 +19,8 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from segfw.commands.evaluate import evaluate as evaluate_command
+from segfw.commands.run import CONF
 from segfw.commands.train import train as train_command
-
-CONF = Path(__file__).resolve().parents[1] / "conf"
 
 
 def train(overrides: Sequence[str] = (), output_dir: str | Path | None = None) -> dict[str, Any]:

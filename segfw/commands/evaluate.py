@@ -8,6 +8,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import hydra
 import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 
@@ -17,7 +18,7 @@ from segfw.commands.config import (
     build_evaluation_trainer,
     plain,
 )
-from segfw.commands.run import log_headline, write_metrics
+from segfw.commands.run import CONF, log_headline, run_command, write_metrics
 from segfw.data import SegmentationDataModule
 from segfw.training.module import (
     DATA_FACTS,
@@ -130,3 +131,10 @@ def score(
                 )
                 log.info("the lowest-scoring %s images drawn in %s", stage, picture)
     return metrics, cases
+
+
+# ``segfw-evaluate`` and ``evaluate.py``: Hydra's command line on the package's configs; the job (and
+# its log file) is named after this module.
+@hydra.main(version_base="1.3", config_path=str(CONF), config_name="evaluate")
+def main(cfg: DictConfig) -> None:
+    run_command(evaluate, cfg)

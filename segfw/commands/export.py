@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import hydra
 from omegaconf import DictConfig
 
 from segfw.commands.config import plain
+from segfw.commands.run import CONF, run_command
 from segfw.deploy.export import export as export_model
 from segfw.training.module import SegmentationModule
 
@@ -25,3 +27,10 @@ def export(cfg: DictConfig) -> dict[str, Any]:
         tolerance=settings["tolerance"],
         source=str(settings["ckpt_path"]),
     )
+
+
+# ``segfw-export`` and ``export.py``: Hydra's command line on the package's configs; the job (and
+# its log file) is named after this module.
+@hydra.main(version_base="1.3", config_path=str(CONF), config_name="export")
+def main(cfg: DictConfig) -> None:
+    run_command(export, cfg)

@@ -16,12 +16,10 @@ import hydra
 from omegaconf import DictConfig
 
 from segfw.commands.config import build_datamodule, train_settings
-from segfw.commands.run import run_command
+from segfw.commands.run import CONF, run_command
 from segfw.data.survey import format_report, survey
 
 log = logging.getLogger("segfw.inspect")
-
-CONF = Path(__file__).resolve().parents[1] / "conf"
 
 
 def inspect(cfg: DictConfig) -> dict[str, Any]:

@@ -6,9 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, cast
 
+import hydra
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from segfw.commands.config import plain
+from segfw.commands.run import CONF, run_command
 from segfw.deploy.predict import predict_files
 from segfw.deploy.predictor import Predictor
 from segfw.training.module import DATA_FACTS, data_for_checkpoint
@@ -57,3 +59,10 @@ def _without_data(cfg: DictConfig) -> tuple[DictConfig, dict[str, Any] | None]:
     with open_dict(config):
         del config["data"]
     return config, {"format": values["format"], **facts}
+
+
+# ``segfw-predict`` and ``predict.py``: Hydra's command line on the package's configs; the job (and
+# its log file) is named after this module.
+@hydra.main(version_base="1.3", config_path=str(CONF), config_name="predict")
+def main(cfg: DictConfig) -> None:
+    run_command(predict, cfg)

@@ -17,6 +17,10 @@ from segfw.errors import SegfwError
 
 log = logging.getLogger("segfw")
 
+# The configs every command composes, shipped in the package (pyproject.toml's package-data): the
+# same folder in a clone and in an installed wheel.
+CONF = Path(__file__).resolve().parents[1] / "conf"
+
 T = TypeVar("T")
 
 # How a DataLoader worker's exception reaches the main process: its traceback as text, then the
