@@ -11,10 +11,6 @@ from omegaconf import DictConfig
 from segfw.commands.run import run_command
 from segfw.commands.train import train
 
-# segfw/conf/hydra/launcher/submitit_*.yaml share their names with the plugin's configs on purpose, so
-# that Hydra checks their keys against the plugin's schema; Hydra warns about that pairing.
-warnings.filterwarnings("ignore", r"\s*'hydra/launcher/submitit_.*ConfigStore schema", UserWarning)
-
 # Options that need the extra segfw[sweep] (pyproject.toml), with the modules it brings for each:
 # without them Hydra fails while composing, in a traceback that names no package to install.
 SWEEP_EXTRA = {
@@ -67,6 +63,13 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    # segfw/conf/hydra/launcher/submitit_*.yaml share their names with the plugin's configs on
+    # purpose, so that Hydra checks their keys against the plugin's schema; Hydra warns about that
+    # pairing while it composes the config. Set here, not at import: train.py is imported by tests
+    # and tools, whose warnings are their own.
+    warnings.filterwarnings(
+        "ignore", r"\s*'hydra/launcher/submitit_.*ConfigStore schema", UserWarning
+    )
     require_sweep_extra(sys.argv[1:])
     sys.argv += rank_overrides(sys.argv[1:])
     main()
