@@ -119,7 +119,7 @@ def test_supported_range_is_the_pin_of_pyproject():
     ]
 
 
-@pytest.mark.parametrize("version", ["2.4.0", "2.7.0", "3.0.0rc1"])
+@pytest.mark.parametrize("version", ["2.4.0", "2.5.0", "2.7.0", "3.0.0rc1"])
 def test_a_release_outside_the_range_is_refused_naming_it_and_the_range(version):
     with pytest.raises(LightningVersionError) as error:
         compat.check_version(version)
