@@ -26,10 +26,10 @@ from pytorch_lightning.strategies.launchers import _SubprocessScriptLauncher
 
 from segfw.errors import LightningVersionError
 
-# The pytorch-lightning releases the functions below were checked on (2.5.1 ... 2.6.6; 2.5.0 lacks
-# a name segfw.training.module imports); pyproject.toml pins the same range, and
-# tests/test_lightning_compat.py checks that they agree.
-SUPPORTED = ">=2.5.1,<2.7"
+# The pytorch-lightning releases the functions below were checked on (2.5.3 ... 2.6.6; pyproject.toml
+# says why not older ones); pyproject.toml pins the same range, and tests/test_lightning_compat.py
+# checks that they agree.
+SUPPORTED = ">=2.5.3,<2.7"
 
 
 def check_version(version: str) -> None:
@@ -54,21 +54,21 @@ def logging_step(trainer: pl.Trainer) -> int:
     batches that stepped the optimizers. During the validation at an epoch's end it is one less
     than ``trainer.global_step`` (which already counts the epoch's last step), so pictures logged
     at ``global_step`` would sit one step right of the validation scalars; Lightning's own
-    LearningRateMonitor reads the same counter. Checked on 2.5.1 and 2.6.6."""
+    LearningRateMonitor reads the same counter. Checked on 2.5.3 and 2.6.6."""
     return trainer.fit_loop.epoch_loop._batches_that_stepped
 
 
 def batches_trained_in_epoch(trainer: pl.Trainer) -> int:
     """The training batches of the current epoch that have passed through ``training_step``:
     the training loop's own count (saved in checkpoints), not the loader's, whose iterator runs
-    ahead (workers, prefetching). Checked on 2.5.1 and 2.6.6."""
+    ahead (workers, prefetching). Checked on 2.5.3 and 2.6.6."""
     progress = trainer.fit_loop.epoch_loop.batch_progress
     return progress.current.processed  # type: ignore[attr-defined]  # typed as its base class
 
 
 def epoch_is_ending(trainer: pl.Trainer) -> bool:
     """Whether the batch just trained was the epoch's last: a checkpoint saved now resumes at the
-    next epoch, whole. Checked on 2.5.1 and 2.6.6."""
+    next epoch, whole. Checked on 2.5.3 and 2.6.6."""
     progress = trainer.fit_loop.epoch_loop.batch_progress
     return progress.is_last_batch or batches_trained_in_epoch(trainer) >= (
         trainer.num_training_batches
@@ -79,7 +79,7 @@ def epochs_passed(trainer: pl.Trainer) -> int:
     """The epochs whose training pass has ended: the number Lightning itself gives the samplers'
     ``set_epoch`` for the pass about to start. Not ``trainer.current_epoch``, which counts
     completed epochs: a checkpoint saved in ``on_train_epoch_end`` holds its epoch as passed but
-    not completed. Checked on 2.5.1 and 2.6.6."""
+    not completed. Checked on 2.5.3 and 2.6.6."""
     return trainer.fit_loop.epoch_progress.current.processed  # type: ignore[attr-defined]
 
 
@@ -87,7 +87,7 @@ def relaunches_script(trainer: pl.Trainer) -> bool:
     """Whether Lightning starts this run's other processes itself by running the command line
     again (``strategy=ddp``'s default ``popen`` start), rather than torchrun, SLURM or
     multiprocessing starting them. Lightning names that launcher only by a private class.
-    Checked on 2.5.1 and 2.6.6."""
+    Checked on 2.5.3 and 2.6.6."""
     strategy = trainer.strategy
     return (
         isinstance(strategy, ParallelStrategy)
@@ -100,7 +100,7 @@ def relaunches_script(trainer: pl.Trainer) -> bool:
 
 def distributed_sampler_enabled(trainer: pl.Trainer) -> bool:
     """The Trainer's ``use_distributed_sampler`` argument, which it keeps only privately.
-    Checked on 2.5.1 and 2.6.6."""
+    Checked on 2.5.3 and 2.6.6."""
     return trainer._accelerator_connector.use_distributed_sampler
 
 
@@ -108,7 +108,7 @@ def appending_csv_writer(logger: pl.loggers.CSVLogger) -> ExperimentWriter:
     """The experiment of a CSVLogger, created on first use as Lightning does, except that an
     existing ``metrics.csv`` is appended to instead of deleted. Lightning's CSVLogger keeps its
     experiment and filesystem in private attributes, and its writer deletes the file in a private
-    method, which offer no public switch. Checked on 2.5.1 and 2.6.6."""
+    method, which offer no public switch. Checked on 2.5.3 and 2.6.6."""
     if logger._experiment is None:
         logger._fs.makedirs(logger.root_dir, exist_ok=True)
         logger._experiment = _AppendingWriter(log_dir=logger.log_dir)
@@ -125,7 +125,7 @@ class _AppendingWriter(ExperimentWriter):
 
 
 # The start of the warning Lightning gives when a run resumes inside an epoch with a loader that
-# has no state_dict of its own. Checked on 2.5.1 and 2.6.6.
+# has no state_dict of its own. Checked on 2.5.3 and 2.6.6.
 _MID_EPOCH_RESUME = "You're resuming from a checkpoint that ended before the epoch ended"
 
 

@@ -1,7 +1,7 @@
 """segfw.lightning_compat on the installed Lightning: each function read on a real CPU Trainer run,
 and the version check. Run it against every Lightning release the pin allows (see its module
 docstring) with that release first on the path, e.g.
-``pip install --no-deps --target /tmp/pl pytorch-lightning==2.5.0`` and
+``pip install --no-deps --target /tmp/pl pytorch-lightning==2.5.3`` and
 ``PYTHONPATH=$PWD:/tmp/pl python -m pytest tests/test_lightning_compat.py``."""
 
 from __future__ import annotations
@@ -119,7 +119,7 @@ def test_supported_range_is_the_pin_of_pyproject():
     ]
 
 
-@pytest.mark.parametrize("version", ["2.4.0", "2.5.0", "2.7.0", "3.0.0rc1"])
+@pytest.mark.parametrize("version", ["2.4.0", "2.5.2", "2.7.0", "3.0.0rc1"])
 def test_a_release_outside_the_range_is_refused_naming_it_and_the_range(version):
     with pytest.raises(LightningVersionError) as error:
         compat.check_version(version)
