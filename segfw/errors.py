@@ -33,3 +33,8 @@ class ExportError(SegfwError, RuntimeError):
 
 class NonFiniteLossError(SegfwError, RuntimeError):
     """The training loss became NaN or infinite."""
+
+
+class LightningVersionError(SegfwError, ImportError):
+    """The installed pytorch-lightning is outside the releases ``segfw.lightning_compat`` was
+    checked on; raised when segfw's Lightning code is imported."""

@@ -30,6 +30,7 @@ from segfw.commands.config import (
 )
 from segfw.commands.evaluate import score
 from segfw.commands.run import CONF, log_headline, run_command, write_metrics
+from segfw.lightning_compat import mid_epoch_resume_warning_ignored
 from segfw.models import backbone_spec
 from segfw.training.callbacks import log_worst_cases
 from segfw.training.distributed import check_launch
@@ -85,7 +86,10 @@ def _train(cfg: DictConfig) -> dict[str, Any]:
     if ckpt_path:
         log.info("resuming from %s", ckpt_path)
     log_run_info(settings, module, trainer.loggers)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    # A checkpoint saved inside an epoch (a SLURM requeue) resumes exactly: the datamodule keeps
+    # the training order's place, where Lightning's warning looks only at the loader.
+    with mid_epoch_resume_warning_ignored():
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
 
     checkpoint = trainer.checkpoint_callback
     best = (checkpoint.best_model_path if isinstance(checkpoint, ModelCheckpoint) else "") or None

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -22,14 +21,14 @@ from segfw.data.problems import summary
 from segfw.data.samplers import EvaluationBatches, TrainingSampler
 from segfw.data.transforms import eval_transform, train_transform
 from segfw.errors import ConfigError, DataError
+from segfw.lightning_compat import (
+    batches_trained_in_epoch,
+    distributed_sampler_enabled,
+    epoch_is_ending,
+    epochs_passed,
+)
 
 log = logging.getLogger(__name__)
-
-# Lightning warns that a checkpoint saved inside an epoch resumes with a loader that is not
-# resumable; this datamodule resumes it through its own state (state_dict below), unseen there.
-warnings.filterwarnings(
-    "ignore", "You're resuming from a checkpoint that ended before the epoch ended", UserWarning
-)
 
 # More loader processes than this rarely help one GPU, and each holds a copy of the dataset index.
 MAX_AUTO_WORKERS = 8
@@ -233,14 +232,12 @@ class SegmentationDataModule(pl.LightningDataModule):
         """
         if self.trainer is None:
             return {}
-        progress = self.trainer.fit_loop.epoch_loop.batch_progress
-        batches = progress.current.processed  # type: ignore[attr-defined]  # a _ProcessedTracker
-        if progress.is_last_batch or batches >= self.trainer.num_training_batches:
+        if epoch_is_ending(self.trainer):
             # Saved at the epoch's end (last.ckpt): the next pass is the next epoch, whole.
             return {"epoch": self.trainer.current_epoch + 1, "samples": 0}
         return {
             "epoch": self.trainer.current_epoch,
-            "samples": batches * self.hparams["batch_size"],
+            "samples": batches_trained_in_epoch(self.trainer) * self.hparams["batch_size"],
         }
 
     def load_state_dict(self, state_dict: dict[str, int]) -> None:
@@ -248,15 +245,14 @@ class SegmentationDataModule(pl.LightningDataModule):
             self.resume_at = (state_dict["epoch"], state_dict["samples"])
 
     def setup(self, stage: str) -> None:
-        if self.trainer is not None and self.trainer.world_size > 1:
-            # Lightning would wrap the loaders' samplers in its DistributedSampler, which repeats
-            # images to even out the processes' shares; these loaders shard the data themselves.
-            connector = getattr(self.trainer, "_accelerator_connector", None)
-            if getattr(connector, "use_distributed_sampler", False):
-                raise ConfigError(
-                    "SegmentationDataModule gives each process its own share of the data: create "
-                    "the Trainer with use_distributed_sampler=False."
-                )
+        # Lightning would wrap the loaders' samplers in its DistributedSampler, which repeats
+        # images to even out the processes' shares; these loaders shard the data themselves.
+        trainer = self.trainer
+        if trainer is not None and trainer.world_size > 1 and distributed_sampler_enabled(trainer):
+            raise ConfigError(
+                "SegmentationDataModule gives each process its own share of the data: create "
+                "the Trainer with use_distributed_sampler=False."
+            )
         # Open and check splits up front so that data errors surface before the first step.
         stages = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}
         self.check_splits(stages.get(stage, ()))
@@ -276,7 +272,7 @@ class SegmentationDataModule(pl.LightningDataModule):
         elif self.trainer is not None:
             # Lightning creates the loader's iterator before it calls set_epoch on a resumed run:
             # start at the epoch it is about to pass.
-            sampler.set_epoch(self.trainer.fit_loop.epoch_progress.current.processed)  # type: ignore[attr-defined]
+            sampler.set_epoch(epochs_passed(self.trainer))
         # A last batch of one image breaks batch norm; drop the remainder when there is one.
         drop_last = len(sampler) > self.hparams["batch_size"]
         return self._loader(

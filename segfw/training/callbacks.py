@@ -18,6 +18,7 @@ from pytorch_lightning.trainer.states import TrainerFn
 from pytorch_lightning.utilities import rank_zero_only
 
 from segfw.errors import ConfigError
+from segfw.lightning_compat import logging_step
 from segfw.training.module import SegmentationModule
 from segfw.training.review import gallery, predict_items
 from segfw.visualize import (
@@ -103,7 +104,7 @@ class ValidationSamples(pl.Callback):
             figure = confusion_figure(confusion.cpu().numpy(), hparams["class_names"], title)
         # The step Lightning logs this validation's scalars at (as its LearningRateMonitor does),
         # so that pictures and curves line up.
-        step = trainer.fit_loop.epoch_loop._batches_that_stepped
+        step = logging_step(trainer)
         for logger in loggers:
             if isinstance(logger, TensorBoardLogger):
                 self._to_tensorboard(logger, step, samples, palette, figure)

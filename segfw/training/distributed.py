@@ -11,10 +11,9 @@ from __future__ import annotations
 import pytorch_lightning as pl
 import torch.distributed as dist
 from pytorch_lightning.accelerators import CPUAccelerator
-from pytorch_lightning.strategies import ParallelStrategy
-from pytorch_lightning.strategies.launchers import _SubprocessScriptLauncher
 
 from segfw.errors import ConfigError
+from segfw.lightning_compat import relaunches_script
 
 
 def check_launch(trainer: pl.Trainer, sync_batchnorm: bool, in_sweep: bool = False) -> None:
@@ -38,15 +37,7 @@ def check_launch(trainer: pl.Trainer, sync_batchnorm: bool, in_sweep: bool = Fal
             "trainer.sync_batchnorm=true needs GPUs: torch's SyncBatchNorm has no CPU kernel. "
             "With trainer.accelerator=cpu set trainer.sync_batchnorm=false."
         )
-    strategy = trainer.strategy
-    relaunches = (
-        isinstance(strategy, ParallelStrategy)
-        and isinstance(strategy.launcher, _SubprocessScriptLauncher)
-        and trainer.world_size > 1
-        and strategy.cluster_environment is not None
-        and not strategy.cluster_environment.creates_processes_externally
-    )
-    if in_sweep and relaunches:
+    if in_sweep and relaunches_script(trainer):
         raise ConfigError(
             f"A -m sweep cannot run trainer=ddp with {trainer.world_size} processes that Lightning "
             f"starts itself: it would re-run the whole sweep in every rank. Run the trials as "

@@ -6,7 +6,6 @@ per training run, continued when the training run is resumed. CSV: a resumed run
 
 from __future__ import annotations
 
-import csv
 import logging
 import os
 import secrets
@@ -15,7 +14,6 @@ import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import cast
 
 import pytorch_lightning as pl
 from lightning_fabric.loggers.logger import rank_zero_experiment
@@ -25,6 +23,7 @@ from pytorch_lightning.utilities import rank_zero_only
 
 from segfw.choices import choose
 from segfw.errors import ConfigError
+from segfw.lightning_compat import appending_csv_writer
 from segfw.training.requeue import requeue_checkpoint
 
 log = logging.getLogger(__name__)
@@ -41,19 +40,7 @@ class CSVLogger(pl.loggers.CSVLogger):
     @property
     @rank_zero_experiment
     def experiment(self) -> ExperimentWriter:
-        if self._experiment is None:
-            self._fs.makedirs(self.root_dir, exist_ok=True)
-            self._experiment = _AppendingWriter(log_dir=self.log_dir)
-        return cast(ExperimentWriter, self._experiment)
-
-
-class _AppendingWriter(ExperimentWriter):
-    def _check_log_dir_exists(self) -> None:
-        # Lightning deletes an existing metrics.csv here; read its columns instead, so the rows
-        # of this session are appended under the same header (widened if new keys appear).
-        if self._fs.isfile(self.metrics_file_path):
-            with self._fs.open(self.metrics_file_path, "r", newline="") as file:
-                self.metrics_keys = next(csv.reader(file), [])
+        return appending_csv_writer(self)
 
 
 def wandb_logger(

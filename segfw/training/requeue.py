@@ -29,6 +29,7 @@ import torch
 from lightning_fabric.plugins.environments import SLURMEnvironment
 
 from segfw.errors import SegfwError
+from segfw.lightning_compat import epoch_is_ending
 
 log = logging.getLogger(__name__)
 
@@ -138,11 +139,8 @@ class Requeue(pl.Callback):
             return
         if not self._any_rank_signalled(trainer):
             return
-        progress = trainer.fit_loop.epoch_loop.batch_progress
-        processed = progress.current.processed  # type: ignore[attr-defined]  # a _ProcessedTracker
-        epoch_ends = progress.is_last_batch or processed >= (trainer.num_training_batches)
         training_ends = 0 <= trainer.max_steps <= trainer.global_step
-        if epoch_ends or training_ends:
+        if epoch_is_ending(trainer) or training_ends:
             return  # the signalled rank keeps its flag: the next step's agreement stops there
         path = _next_hpc_path(Path(trainer.default_root_dir))
         path = trainer.strategy.broadcast(path)  # rank 0's choice, the one it writes
