@@ -18,8 +18,8 @@ warnings.filterwarnings("ignore", r"\s*'hydra/launcher/submitit_.*ConfigStore sc
 # Options that need the extra segfw[sweep] (pyproject.toml), with the modules it brings for each:
 # without them Hydra fails while composing, in a traceback that names no package to install.
 SWEEP_EXTRA = {
-    "hparams_search=optuna": ("hydra_plugins.hydra_optuna_sweeper", "optuna"),
-    "hydra/sweeper=optuna": ("hydra_plugins.hydra_optuna_sweeper", "optuna"),
+    "hparams_search=optuna": ("optuna",),
+    "hydra/sweeper=segfw_optuna": ("optuna",),
     "hydra/launcher=submitit_local": ("hydra_plugins.hydra_submitit_launcher", "submitit"),
     "hydra/launcher=submitit_slurm": ("hydra_plugins.hydra_submitit_launcher", "submitit"),
 }

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from segfw.report.leaderboard import Leaderboard, short_override
+from segfw.studies import open_storage
 
 CURVES = "val_mIoU.png"
 HISTORY = "optuna_history.png"
@@ -99,6 +100,7 @@ def plot_study(board: Leaderboard, output: Path) -> StudyFigures:
     figures = StudyFigures()
     if sweep.study is None:
         return figures
+    label = sweep.study if "://" in sweep.study else Path(sweep.study).name
     try:
         import optuna
         from matplotlib import pyplot
@@ -106,18 +108,19 @@ def plot_study(board: Leaderboard, output: Path) -> StudyFigures:
         from optuna.visualization import matplotlib as optuna_plots
     except ImportError as error:
         figures.notes.append(
-            f"{sweep.study.name}: no study plots, {error.name or 'optuna'} is not installed "
+            f"{label}: no study plots, {error.name or 'optuna'} is not installed "
             "(pip install 'segfw[sweep]')"
         )
         return figures
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
-        study = optuna.load_study(study_name=sweep.study_name, storage=f"sqlite:///{sweep.study}")
+        storage = open_storage(sweep.study)
+        study = optuna.load_study(study_name=sweep.study_name, storage=storage)
         trials = study.get_trials(deepcopy=False)
-    # The file is input from anywhere: SQLAlchemy's errors, a schema from another Optuna
-    # version, a study name it does not hold. Whichever it is, the rest of the report stands.
+    # The study is input from anywhere: SQLAlchemy's or the journal's errors, a schema from
+    # another Optuna version, a study name it does not hold. Whichever it is, the rest of the report stands.
     except Exception as error:
-        figures.notes.append(f"{sweep.study.name}: not readable as an Optuna study ({error})")
+        figures.notes.append(f"{label}: not readable as an Optuna study ({error})")
         return figures
 
     states: dict[str, int] = {}
@@ -128,7 +131,7 @@ def plot_study(board: Leaderboard, output: Path) -> StudyFigures:
     completed = states.get("complete", 0)
     target = sweep.optimized_metric
     with warnings.catch_warnings():
-        # Optuna 2.x calls its matplotlib plots experimental and warns at every call.
+        # Optuna calls its matplotlib plots experimental and warns at every call.
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         if completed == 0:
             figures.notes.append("optimization history: no trial of the study has completed")
@@ -172,8 +175,6 @@ def _save(plot, path: Path, pyplot, notes: list[str]) -> Path | None:
     # space that changed between trials, one parameter value only); a note says which.
     except Exception as error:
         reason = str(error)
-        if "get_cmap" in reason:  # Optuna 2.x's plots call it; matplotlib 3.9 removed it
-            reason += "; Optuna 2.x needs matplotlib<3.9: pip install 'segfw[sweep]'"
         notes.append(f"{path.stem.replace('_', ' ')}: Optuna could not draw it ({reason})")
         return None
     figure = axes.figure
