@@ -52,12 +52,16 @@ def open_storage(value: str | Path) -> BaseStorage:
     return JournalStorage(JournalFileBackend(str(path)))
 
 
-def open_trial(storage: str, study_name: str, number: int) -> optuna.Trial:
+def open_trial(
+    storage: str, study_name: str, number: int, pruner: optuna.pruners.BasePruner | None
+) -> optuna.Trial:
     """Trial ``number`` of a study, opened from another process than the one that asked for it
-    (a launcher's job, a SLURM job), to report intermediate values and ask whether to prune."""
+    (a launcher's job, a SLURM job), to report intermediate values and ask ``pruner`` whether to
+    prune (a study keeps no pruner; None: never)."""
     import optuna
 
     opened = open_storage(storage)
-    study = optuna.load_study(study_name=study_name, storage=opened)
+    pruner = pruner or optuna.pruners.NopPruner()
+    study = optuna.load_study(study_name=study_name, storage=opened, pruner=pruner)
     study_id = opened.get_study_id_from_name(study_name)
     return optuna.Trial(study, opened.get_trial_id_from_study_id_trial_number(study_id, number))

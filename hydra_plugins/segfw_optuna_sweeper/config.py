@@ -1,7 +1,8 @@
 """The sweeper's config schema: ``hydra/sweeper: segfw_optuna`` (segfw/conf/hparams_search/)."""
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: OmegaConf reads these fields' types at runtime, and
+# Hydra's plugin scan runs this module without registering it in sys.modules, which dataclasses
+# need to resolve annotations given as strings.
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -11,6 +12,8 @@ from hydra.core.config_store import ConfigStore
 @dataclass
 class SegfwOptunaSweeperConf:
     _target_: str = "hydra_plugins.segfw_optuna_sweeper.sweeper.SegfwOptunaSweeper"
+    # The sweeper builds the sampler itself: its seed depends on the study's trials so far.
+    _recursive_: bool = False
     # An Optuna sampler (_target_ and its arguments); a seed is offset by the trials the study
     # already holds, so that a continued sweep samples new start-up points.
     sampler: Any = field(default_factory=lambda: {"_target_": "optuna.samplers.TPESampler"})

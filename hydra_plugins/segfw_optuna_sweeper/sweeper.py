@@ -38,9 +38,11 @@ class SegfwOptunaSweeper(Sweeper):
     def setup(
         self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig
     ) -> None:
+        # Sweeper's validate_batch_is_legal reads config and hydra_context.
         self.config = config
         self.hydra_context = hydra_context
-        self.launcher = Plugins.instance().instantiate_launcher(
+        self.sweep_dir = Path(config.hydra.sweep.dir)
+        self.trial_launcher = Plugins.instance().instantiate_launcher(
             hydra_context=hydra_context, task_function=task_function, config=config
         )
 
@@ -48,7 +50,7 @@ class SegfwOptunaSweeper(Sweeper):
         # Imported here: Hydra imports this module in every run, with or without Optuna.
         from segfw.commands import sweeps
 
-        sweep_dir = Path(self.config.hydra.sweep.dir)
+        sweep_dir = self.sweep_dir
         sweep_dir.mkdir(parents=True, exist_ok=True)  # the journal file goes there
         storage = sweeps.storage_url(self.storage, sweep_dir)
         sampler = OmegaConf.create(self.sampler) if self.sampler else None
@@ -68,9 +70,15 @@ class SegfwOptunaSweeper(Sweeper):
         def launch(overrides: list[list[str]], numbers: list[int]) -> Sequence[Any]:
             # Each trial's dir is named by its trial number, unique in the study even when
             # several sweeps share it or a crashed one is continued in the same sweep dir.
-            batch = [[*o, f"hydra.sweep.subdir={n}"] for o, n in zip(overrides, numbers)]
+            batch = [
+                [*o, f"hydra.sweep.subdir={n}"] for o, n in zip(overrides, numbers, strict=True)
+            ]
             self.validate_batch_is_legal(batch)
-            return self.launcher.launch(batch, initial_job_idx=numbers[0])
+            return self.trial_launcher.launch(batch, initial_job_idx=numbers[0])
 
-        sweeps.run_sweep(study, storage, space, fixed, self.n_trials, self.n_jobs, launch)
+        pruner_config = OmegaConf.to_container(self.pruner) if self.pruner else None
+        assert pruner_config is None or isinstance(pruner_config, dict)
+        sweeps.run_sweep(
+            study, storage, space, fixed, self.n_trials, self.n_jobs, launch, pruner_config
+        )
         sweeps.write_results(study, sweep_dir / sweeps.RESULTS_FILE)

@@ -146,7 +146,8 @@ def pruning_callback(trial: DictConfig, monitor: str | None) -> pl.Callback:
             "optuna_trial is set but optimized_metric is not: set optimized_metric=val/mIoU "
             "(hparams_search=optuna sets both)"
         )
-    opened = open_trial(str(trial.storage), str(trial.study_name), int(trial.number))
+    pruner = hydra.utils.instantiate(trial.pruner) if trial.get("pruner") else None
+    opened = open_trial(str(trial.storage), str(trial.study_name), int(trial.number), pruner)
     return OptunaPruning(opened, monitor)
 
 

@@ -20,6 +20,7 @@ from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import OmegaConf
 from optuna.distributions import (
     BaseDistribution,
+    CategoricalChoiceType,
     CategoricalDistribution,
     FloatDistribution,
     IntDistribution,
@@ -49,37 +50,36 @@ def search_space(
         params: ``hydra.sweeper.params``: a key and a sweep in Hydra's grammar
             (``choice(a, b)``, ``interval(1e-4, 1e-2)``, ``tag(log, interval(...))``,
             ``range(1, 5)``) or a fixed value.
-        arguments: the command line's overrides; a sweep among them replaces the param of the same
-            key, the others are passed to every trial as they are.
+        arguments: the command line's overrides; one of a param's key replaces that param, the
+            others are passed to every trial as they are.
 
     Raises:
         ConfigError: a sweep that is not one of those, naming its key.
     """
     parser = OverridesParser.create()
     given = parser.parse_overrides([f"{key}={value}" for key, value in params.items()])
+    # The command line's overrides come last: a value there replaces a param's sweep (fixing
+    # backbone=... takes the backbone out of the search), a sweep there replaces its range.
     overrides = {o.get_key_element(): o for o in given}
-    fixed: list[str] = []
     for override in parser.parse_overrides(list(arguments)):
-        if override.is_sweep_override():
-            overrides[override.get_key_element()] = override
-        else:
-            fixed.append(override.input_line or "")
+        overrides[override.get_key_element()] = override
     space: dict[str, BaseDistribution] = {}
+    fixed: list[str] = []
     for key, override in overrides.items():
         if override.is_sweep_override():
             space[key] = _distribution(key, override)
         else:
-            fixed.append(f"{key}={override.get_value_element_as_str()}")
+            fixed.append(override.input_line or f"{key}={override.get_value_element_as_str()}")
     return space, fixed
 
 
 def _distribution(key: str, override: Override) -> BaseDistribution:
     sweep = override.value()
     if isinstance(sweep, ChoiceSweep):
-        return CategoricalDistribution(sweep.list)
+        return CategoricalDistribution([_choice(key, value) for value in sweep.list])
     if isinstance(sweep, RangeSweep):
-        return CategoricalDistribution(list(override.sweep_iterator()))
-    if isinstance(sweep, IntervalSweep):
+        return CategoricalDistribution([_choice(key, value) for value in override.sweep_iterator()])
+    if isinstance(sweep, IntervalSweep) and sweep.start is not None and sweep.end is not None:
         log_scale = "log" in sweep.tags
         if isinstance(sweep.start, int) and isinstance(sweep.end, int):
             return IntDistribution(sweep.start, sweep.end, log=log_scale)
@@ -87,6 +87,16 @@ def _distribution(key: str, override: Override) -> BaseDistribution:
     raise ConfigError(
         f"{key}={override.input_line}: the Optuna sweeper samples choice(...), range(...) and "
         f"interval(...) (tag(log, interval(...)) on a log scale); write {key} as one of them"
+    )
+
+
+def _choice(key: str, value: object) -> CategoricalChoiceType:
+    # Optuna stores a categorical's choices as they are: plain values only.
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    raise ConfigError(
+        f"{key}: the choice {value!r} is not a single value; Optuna chooses among numbers, "
+        "strings, booleans and null"
     )
 
 
@@ -105,13 +115,18 @@ def open_study(
             the study holds, so that a continued sweep's random start-up trials are new ones and
             the sweep stays reproducible (the seed is a function of the study's history).
     """
+    if direction not in ("maximize", "minimize"):
+        raise ConfigError(
+            f"hydra.sweeper.direction={direction!r}: a study maximizes or minimizes; set "
+            "hydra.sweeper.direction=maximize (a score) or minimize (a loss)"
+        )
     opened = open_storage(storage)
     names = {summary.study_name: summary for summary in optuna.get_all_study_summaries(opened)}
     trials = names[study_name].n_trials if study_name in names else 0
     study = optuna.create_study(
         storage=opened,
         study_name=study_name,
-        direction=direction,
+        direction="maximize" if direction == "maximize" else "minimize",  # as a Literal
         sampler=sampler(trials),
         pruner=pruner,
         load_if_exists=True,
@@ -148,12 +163,28 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def trial_override(storage: str, study_name: str, number: int) -> str:
-    """The override that tells a trial's training run which trial it is (``optuna_trial`` in
-    train.yaml), so that it can report to the study from its own process or SLURM job."""
-    quoted = storage.replace("\\", "\\\\").replace("'", "\\'")
-    name = study_name.replace("\\", "\\\\").replace("'", "\\'")
-    return f"optuna_trial={{storage:'{quoted}',study_name:'{name}',number:{number}}}"
+def trial_override(storage: str, study_name: str, number: int, pruner: dict | None) -> str:
+    """The override that tells a trial's training run which trial it is and how to prune it
+    (``optuna_trial`` in train.yaml), so that it can report to the study from its own process or
+    SLURM job: a study keeps no pruner, each process that asks whether to prune brings its own."""
+    trial = {"storage": storage, "study_name": study_name, "number": number, "pruner": pruner}
+    return f"optuna_trial={_hydra_value(trial)}"
+
+
+def _hydra_value(value: Any) -> str:
+    """``value`` in Hydra's override grammar: strings quoted, so that paths and URLs stay whole."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{k}:{_hydra_value(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(_hydra_value(v) for v in value) + "]"
+    # Hydra's quoted strings take a backslash as an escape only before a quote.
+    return "'" + str(value).replace("'", "\\'") + "'"
 
 
 def run_sweep(
@@ -164,10 +195,15 @@ def run_sweep(
     n_trials: int,
     n_jobs: int,
     launch: Launch,
+    pruner: dict | None = None,
 ) -> None:
     """Asks for ``n_trials`` trials, ``n_jobs`` at a time, launches each batch and tells the study
     how each ended: COMPLETE with the value the job returned, PRUNED when its pruner stopped it,
-    FAIL when the job raised or returned no finite value. A failed trial does not end the sweep."""
+    FAIL when the job raised or returned no finite value. A failed trial does not end the sweep.
+
+    Args:
+        pruner: the pruner's config (``_target_`` and arguments), passed to every trial.
+    """
     if n_trials < 1 or n_jobs < 1:
         raise ConfigError(
             f"hydra.sweeper.n_trials={n_trials}, hydra.sweeper.n_jobs={n_jobs}: both must be at "
@@ -185,7 +221,7 @@ def run_sweep(
             [
                 *fixed,
                 *(f"{key}={value}" for key, value in trial.params.items()),
-                trial_override(storage, study.study_name, trial.number),
+                trial_override(storage, study.study_name, trial.number, pruner),
             ]
             for trial in trials
         ]

@@ -151,10 +151,8 @@ def plot_study(board: Leaderboard, output: Path) -> StudyFigures:
                 "parameter importances: need scikit-learn (pip install 'segfw[sweep]')"
             )
         else:
-            # Optuna 2.10's default evaluator (fANOVA) fails on the trees of current scikit-learn
-            # and NumPy ("setting an array element with a sequence"; measured with scikit-learn
-            # 1.9, NumPy 2.4); its mean-decrease-impurity evaluator works. Seeded: the same study
-            # gives the same importances.
+            # Mean decrease in impurity: one seeded random forest, so that the same study gives
+            # the same importances (Optuna 2.10's default fANOVA failed on current scikit-learn).
             evaluator = MeanDecreaseImpurityImportanceEvaluator(seed=0)
             figures.importances = _save(
                 lambda: optuna_plots.plot_param_importances(

@@ -10,8 +10,8 @@ from pathlib import Path
 import yaml
 
 from segfw.errors import SegfwError
-from segfw.studies import JOURNAL_FILE
 from segfw.report.runs import DEFAULT_STALE_MINUTES, Run, is_run_dir, load_yaml, read_run
+from segfw.studies import JOURNAL_FILE
 
 DEFAULT_METRIC = "val/mIoU"
 MAXIMIZE, MINIMIZE = "maximize", "minimize"

@@ -8,6 +8,7 @@ import math
 
 import optuna
 import pytorch_lightning as pl
+from pytorch_lightning.trainer.states import TrainerFn
 
 log = logging.getLogger("segfw")
 
@@ -28,7 +29,10 @@ class OptunaPruning(pl.Callback):
     # on_validation_end, not on_validation_epoch_end: the module computes its epoch metrics in
     # its own on_validation_epoch_end, which Lightning calls after the callbacks'.
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.sanity_checking or self.monitor not in trainer.callback_metrics:
+        # Only training's validations: scoring the best checkpoint afterwards (trainer.validate)
+        # would report an epoch again.
+        fitting = trainer.state.fn == TrainerFn.FITTING
+        if not fitting or trainer.sanity_checking or self.monitor not in trainer.callback_metrics:
             return
         value = float(trainer.callback_metrics[self.monitor])
         if not math.isfinite(value):
@@ -36,6 +40,8 @@ class OptunaPruning(pl.Callback):
         epoch = trainer.current_epoch
         self.trial.report(value, step=epoch)
         if self.trial.should_prune():
-            message = f"trial {self.trial.number} pruned at epoch {epoch}: {self.monitor}={value:.4f}"
+            message = (
+                f"trial {self.trial.number} pruned at epoch {epoch}: {self.monitor}={value:.4f}"
+            )
             log.info("%s", message)
             raise optuna.TrialPruned(message)
