@@ -64,10 +64,10 @@ def _study(sweep_dir: Path) -> optuna.Study:
     return optuna.load_study(study_name="segfw", storage=open_storage(sweep_dir / JOURNAL_FILE))
 
 
-def _enqueue(sweep_dir: Path, *trials: dict) -> None:
+def _enqueue(sweep_dir: Path, direction: str, *trials: dict) -> None:
     """Fixes the sweep's first trials' parameters, in order (Optuna asks for queued trials first)."""
     study = optuna.create_study(
-        study_name="segfw", storage=open_storage(sweep_dir / JOURNAL_FILE), direction="maximize"
+        study_name="segfw", storage=open_storage(sweep_dir / JOURNAL_FILE), direction=direction
     )
     for params in trials:
         study.enqueue_trial(params)
@@ -86,7 +86,7 @@ def parallel_sweep(tmp_path_factory):
     reliably in one direction, while a far too high learning rate raises the loss manyfold (measured:
     10.5 at lr 0.01 against 1.34 untrained); the pruning is the same code for either metric."""
     sweep_dir = tmp_path_factory.mktemp("sweep")
-    _enqueue(sweep_dir, GOOD, FAILING, BAD, GOOD)
+    _enqueue(sweep_dir, "minimize", GOOD, FAILING, BAD, GOOD)
     started = time.monotonic()
     result = _sweep(
         sweep_dir,

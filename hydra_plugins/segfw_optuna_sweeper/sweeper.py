@@ -47,6 +47,16 @@ class SegfwOptunaSweeper(Sweeper):
         )
 
     def sweep(self, arguments: list[str]) -> None:
+        from segfw.errors import SegfwError
+
+        try:
+            self._sweep(arguments)
+        except SegfwError as error:
+            # SystemExit, which Hydra lets through: one message and exit code 1, where Hydra
+            # would print an exception with its traceback.
+            raise SystemExit(str(error)) from None
+
+    def _sweep(self, arguments: list[str]) -> None:
         # Imported here: Hydra imports this module in every run, with or without Optuna.
         from segfw.commands import sweeps
 

@@ -131,6 +131,12 @@ def open_study(
         pruner=pruner,
         load_if_exists=True,
     )
+    if study.direction.name.lower() != direction:
+        raise ConfigError(
+            f"hydra.sweeper.direction={direction}: study {study_name!r} of {storage} was created "
+            f"to {study.direction.name.lower()}; continue it with that direction, or name a new "
+            "study (hydra.sweeper.study_name=...)"
+        )
     if trials:
         log.info("continuing study %r of %s: %d trials so far", study_name, storage, trials)
     return study
