@@ -134,6 +134,8 @@ def test_best_parameters_value_and_trial_counts_are_written_to_the_sweep_dir(par
     assert results.best_value == pytest.approx(best)
 
 
+# Two sweeps one after another, one killed mid-trial: minutes on two shared cores.
+@pytest.mark.slow
 def test_a_crashed_sweep_continues_in_its_own_sweep_dir(tmp_path):
     """The sweeping process is killed while trial 1 trains; the same command again marks that
     trial FAIL and adds new trials, numbered on, in new dirs."""
@@ -162,6 +164,7 @@ def test_a_crashed_sweep_continues_in_its_own_sweep_dir(tmp_path):
     assert trials[2].params != trials[0].params
 
 
+@pytest.mark.slow
 def test_a_sweep_on_a_database_url_shares_the_study_there(tmp_path):
     storage = f"sqlite:///{tmp_path}/study.db"
     result = _sweep(
