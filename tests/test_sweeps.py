@@ -201,3 +201,11 @@ def test_a_misspelled_optimized_metric_ends_the_run(tmp_path):
     assert "optimized_metric='val/miou' is not a metric this run reports" in result.stderr
     assert "val/mIoU" in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "checkpoints").exists()  # refused before training
+
+
+def test_a_storage_optuna_cannot_open_ends_the_sweep_in_one_message(tmp_path):
+    result = _sweep(tmp_path, "hparams_search=optuna", "hydra.sweeper.storage=redis://host/0")
+    assert result.returncode == 1
+    assert "hydra.sweeper.storage='redis://host/0': redis:// is not a database" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not list(tmp_path.glob("*/train.log"))  # refused before any trial
