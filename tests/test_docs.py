@@ -757,7 +757,7 @@ def optuna_sweep(workspace) -> Path:
 def test_an_optuna_sweep_writes_what_the_docs_list(optuna_sweep):
     """docs/scaling.md, "What a sweep writes"."""
     assert (optuna_sweep / "optimization_results.yaml").is_file()
-    assert (optuna_sweep / "optuna.db").is_file()
+    assert (optuna_sweep / "optuna.journal").is_file()
     for trial in ("0", "1"):
         for name in ("config.yaml", "checkpoints", "metrics.json", "train.log", ".hydra"):
             assert (optuna_sweep / trial / name).exists(), f"{trial}/{name}"
@@ -828,8 +828,7 @@ PYTHON_SNIPPETS = [
         slow=True,
     ),
     PythonSetup(
-        marker='study = optuna.load_study(study_name="segfw", '
-        'storage="sqlite:///logs/multiruns/<dir>/optuna.db")',
+        marker='storage=open_storage("logs/multiruns/<dir>/optuna.journal")',
         check=check_study,
         fixture="optuna_sweep",
         slow=True,

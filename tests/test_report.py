@@ -14,7 +14,6 @@ import subprocess
 import sys
 import textwrap
 import time
-import warnings
 from pathlib import Path
 
 import pytest
@@ -22,6 +21,7 @@ import yaml
 
 from helpers import tiny
 from segfw.report.cli import main
+from segfw.studies import JOURNAL_FILE, open_storage
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -139,7 +139,7 @@ def test_optuna_sweep_is_ranked_with_its_failed_trial_and_study_plots(
     # The study holds the same values as the trials' metrics.json.
     import optuna  # the test extra holds the sweep extra
 
-    study = optuna.load_study(study_name="segfw", storage=f"sqlite:///{optuna_sweep}/optuna.db")
+    study = optuna.load_study(study_name="segfw", storage=open_storage(optuna_sweep / JOURNAL_FILE))
     values = sorted((t.value for t in study.trials if t.value is not None), reverse=True)
     assert values == pytest.approx([v for _, v in expected])
     # The failed trial: its state and the last line of the traceback in its train.log.
@@ -397,31 +397,29 @@ def test_the_best_runs_worst_cases_are_embedded(tmp_path, capsys):
 def _study(path: Path, trials: list[tuple[float, str, float | None]]) -> None:
     """An Optuna study in ``path`` as the sweeper leaves it: (lr, loss, value or None: failed)."""
     import optuna
-    from optuna.distributions import CategoricalDistribution, LogUniformDistribution
+    from optuna.distributions import CategoricalDistribution, FloatDistribution
     from optuna.trial import TrialState, create_trial
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(
-        study_name="segfw", storage=f"sqlite:///{path}", direction="maximize"
+        study_name="segfw", storage=open_storage(path), direction="maximize"
     )
     distributions = {
-        "optimizer.lr": LogUniformDistribution(1e-4, 1.0),
+        "optimizer.lr": FloatDistribution(1e-4, 1.0, log=True),
         "loss": CategoricalDistribution(("ce", "dice", "focal")),
     }
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        for lr, loss, value in trials:
-            state = TrialState.COMPLETE if value is not None else TrialState.FAIL
-            params = {"optimizer.lr": lr, "loss": loss}
-            study.add_trial(
-                create_trial(state=state, value=value, params=params, distributions=distributions)
-            )
+    for lr, loss, value in trials:
+        state = TrialState.COMPLETE if value is not None else TrialState.FAIL
+        params = {"optimizer.lr": lr, "loss": loss}
+        study.add_trial(
+            create_trial(state=state, value=value, params=params, distributions=distributions)
+        )
 
 
 def test_study_plots_say_why_they_are_missing(tmp_path, capsys, monkeypatch):
     _write_run(tmp_path / "0", 1e-3, [0.1, 0.2])
     _write_run(tmp_path / "1", 1e-2, [0.1], finished=False, error="boom")
-    _study(tmp_path / "optuna.db", [(1e-3, "ce", 0.2), (1e-2, "dice", None)])
+    _study(tmp_path / JOURNAL_FILE, [(1e-3, "ce", 0.2), (1e-2, "dice", None)])
     code, out, _ = _run_main(capsys, tmp_path)
     assert code == 0
     assert "Optuna study 'segfw': 2 trials (1 complete, 1 fail)" in out
@@ -433,7 +431,10 @@ def test_study_plots_say_why_they_are_missing(tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "optuna", None)  # as without the sweep extra
     code, out, _ = _run_main(capsys, tmp_path)
     assert code == 0
-    assert "optuna.db: no study plots, optuna is not installed (pip install 'segfw[sweep]')" in out
+    assert (
+        f"{JOURNAL_FILE}: no study plots, optuna is not installed (pip install 'segfw[sweep]')"
+        in out
+    )
     assert not (tmp_path / "optuna_history.png").exists()
     assert "<h2>Optuna study</h2>" in (tmp_path / "report.html").read_text()
 
@@ -441,7 +442,7 @@ def test_study_plots_say_why_they_are_missing(tmp_path, capsys, monkeypatch):
 def test_importances_need_scikit_learn(tmp_path, capsys, monkeypatch):
     for job, lr in enumerate((1e-3, 1e-2, 1e-1)):
         _write_run(tmp_path / str(job), lr, [0.1, lr])
-    _study(tmp_path / "optuna.db", [(1e-3, "ce", 0.1), (1e-2, "dice", 0.2), (1e-1, "ce", 0.3)])
+    _study(tmp_path / JOURNAL_FILE, [(1e-3, "ce", 0.1), (1e-2, "dice", 0.2), (1e-1, "ce", 0.3)])
     monkeypatch.setitem(sys.modules, "sklearn", None)
     code, out, _ = _run_main(capsys, tmp_path)
     assert code == 0
@@ -458,7 +459,7 @@ def test_twenty_runs_are_reported_in_under_ten_seconds(tmp_path):
         curve = [0.5 * (1 - 0.9**e) * (1 - abs(job - 12) / 20) for e in range(1, 51)]
         _write_run(tmp_path / str(job), lr, curve, steps=20)
         trials.append((lr, ("ce", "dice", "focal")[job % 3], max(curve)))
-    _study(tmp_path / "optuna.db", trials)
+    _study(tmp_path / JOURNAL_FILE, trials)
     start = time.perf_counter()
     result = _report(tmp_path)
     seconds = time.perf_counter() - start
@@ -479,8 +480,7 @@ NOT_INSTALLED = textwrap.dedent(
     """
     import sys
 
-    MISSING = ("optuna", "submitit", "hydra_plugins.hydra_optuna_sweeper",
-               "hydra_plugins.hydra_submitit_launcher")
+    MISSING = ("optuna", "submitit", "hydra_plugins.hydra_submitit_launcher")
 
     class NotInstalled:
         @staticmethod
@@ -492,16 +492,18 @@ NOT_INSTALLED = textwrap.dedent(
     sys.meta_path.insert(0, NotInstalled)
     """
 )
-# In an interpreter where they cannot be imported: every module of segfw but the Optuna callback
-# (only the optuna config names it), then train.py as `python train.py -m <option>` runs it, for
+# In an interpreter where they cannot be imported: every module of segfw but the Optuna sweep's
+# and pruning's (only the sweeper and a sweep's trials import them), then train.py as `python train.py -m <option>` runs it, for
 # each option given; prints how each run of train.py exited.
 WITHOUT_THE_EXTRA = textwrap.dedent(
     """
     import importlib, json, pkgutil, runpy, sys
     import segfw
 
+    OPTUNA_MODULES = ("segfw.commands.sweeps", "segfw.training.pruning")
+
     for module in pkgutil.walk_packages(segfw.__path__, "segfw."):
-        if module.name != "segfw.commands.sweeps" and not module.name.endswith(".__main__"):
+        if module.name not in OPTUNA_MODULES and not module.name.endswith(".__main__"):
             importlib.import_module(module.name)
     sweep_dir, options = sys.argv[1], sys.argv[2:]
     exits = {}

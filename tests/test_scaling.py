@@ -29,6 +29,7 @@ from test_logging import _history, _parse_wandb_file
 from helpers import assert_matches_single_process_evaluation, compose_config, tiny
 from segfw.commands.config import build_datamodule
 from segfw.data.samplers import TrainingSampler
+from segfw.studies import JOURNAL_FILE, open_storage
 
 ROOT = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent
@@ -509,7 +510,9 @@ def _job_span(log: Path) -> tuple[float, float]:
 
 @pytest.mark.slow
 def test_submitit_sweep_records_every_trial_and_a_failed_one_does_not_stop_it(submitit_sweep):
-    study = optuna.load_study(study_name="segfw", storage=f"sqlite:///{submitit_sweep}/optuna.db")
+    study = optuna.load_study(
+        study_name="segfw", storage=open_storage(submitit_sweep / JOURNAL_FILE)
+    )
     states = [(t.params["data.batch_size"], t.state) for t in study.trials]
     assert len(states) == 4
     assert {s for b, s in states if b == 0} == {optuna.trial.TrialState.FAIL}

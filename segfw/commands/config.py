@@ -31,7 +31,7 @@ from segfw.training.resume import AtomicCheckpointIO, RandomState
 log = logging.getLogger("segfw")
 
 # Command-line overrides left out of a run's default wandb name: they do not change the result.
-NOT_IN_NAME = ("logger", "ckpt_path", "hydra")
+NOT_IN_NAME = ("logger", "ckpt_path", "hydra", "optuna_trial")
 
 
 def plain(cfg: DictConfig) -> dict[str, Any]:
@@ -128,6 +128,8 @@ def build_trainer(cfg: DictConfig) -> pl.Trainer:
     callbacks: list[pl.Callback] = [Requeue()]
     callbacks += [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
     callbacks += [RandomState(), SameRunDir()]
+    if cfg.get("optuna_trial"):
+        callbacks.append(pruning_callback(cfg.optuna_trial, cfg.get("optimized_metric")))
     loggers = [build_logger(key, c) for key, c in (cfg.get("logger") or {}).items() if c]
     return _trainer(
         cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=slurm_plugins()
@@ -149,6 +151,22 @@ def check_training_precision(trainer: pl.Trainer) -> None:
             "scaling turn the loss NaN, and CPU float16 kernels are slow): use "
             "trainer.precision=bf16-mixed, bf16-true or 32-true."
         )
+
+
+def pruning_callback(trial: DictConfig, monitor: str | None) -> pl.Callback:
+    """The callback that reports a sweep trial's per-epoch ``optimized_metric`` to its study."""
+    # Imported here: only a sweep's trials need Optuna (the sweep extra).
+    from segfw.studies import open_trial
+    from segfw.training.pruning import OptunaPruning
+
+    if not monitor:
+        raise ConfigError(
+            "optuna_trial is set but optimized_metric is not: set optimized_metric=val/mIoU "
+            "(hparams_search=optuna sets both)"
+        )
+    pruner = hydra.utils.instantiate(trial.pruner) if trial.get("pruner") else None
+    opened = open_trial(str(trial.storage), str(trial.study_name), int(trial.number), pruner)
+    return OptunaPruning(opened, monitor)
 
 
 def build_evaluation_trainer(cfg: DictConfig) -> pl.Trainer:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -40,12 +41,20 @@ def run_command(command: Callable[[DictConfig], T], cfg: DictConfig) -> T:
         return command(cfg)
     except Exception as error:
         if in_sweep():
-            log.exception("this job failed: %s", error)
+            if not _pruned(error):  # OptunaPruning logged why it stopped the trial
+                log.exception("this job failed: %s", error)
             raise
         if isinstance(error, (SegfwError, OmegaConfBaseException)):
             log.error("%s", message(error))
             raise SystemExit(1) from None
         raise
+
+
+def _pruned(error: BaseException) -> bool:
+    """Whether Optuna's pruner stopped this trial (not a fault); a pruned trial has imported
+    Optuna, which nothing else needs to."""
+    optuna = sys.modules.get("optuna")
+    return optuna is not None and isinstance(error, optuna.TrialPruned)
 
 
 def message(error: BaseException) -> str:

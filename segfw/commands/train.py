@@ -146,8 +146,8 @@ def _say_how_the_encoder_starts(backbone: dict[str, Any], data_format: str) -> N
 # Options that need the extra segfw[sweep] (pyproject.toml), with the modules it brings for each:
 # without them Hydra fails while composing, in a traceback that names no package to install.
 SWEEP_EXTRA = {
-    "hparams_search=optuna": ("hydra_plugins.hydra_optuna_sweeper", "optuna"),
-    "hydra/sweeper=optuna": ("hydra_plugins.hydra_optuna_sweeper", "optuna"),
+    "hparams_search=optuna": ("optuna",),
+    "hydra/sweeper=segfw_optuna": ("optuna",),
     "hydra/launcher=submitit_local": ("hydra_plugins.hydra_submitit_launcher", "submitit"),
     "hydra/launcher=submitit_slurm": ("hydra_plugins.hydra_submitit_launcher", "submitit"),
 }

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from segfw.report.leaderboard import Leaderboard, short_override
+from segfw.studies import open_storage
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -116,6 +117,7 @@ def plot_study(board: Leaderboard, output: Path) -> StudyFigures:
     figures = StudyFigures()
     if sweep.study is None:
         return figures
+    label = sweep.study if "://" in sweep.study else Path(sweep.study).name
     try:
         import optuna
         from matplotlib import pyplot
@@ -123,18 +125,19 @@ def plot_study(board: Leaderboard, output: Path) -> StudyFigures:
         from optuna.visualization import matplotlib as optuna_plots
     except ImportError as error:
         figures.notes.append(
-            f"{sweep.study.name}: no study plots, {error.name or 'optuna'} is not installed "
+            f"{label}: no study plots, {error.name or 'optuna'} is not installed "
             "(pip install 'segfw[sweep]')"
         )
         return figures
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
-        study = optuna.load_study(study_name=sweep.study_name, storage=f"sqlite:///{sweep.study}")
+        storage = open_storage(sweep.study)
+        study = optuna.load_study(study_name=sweep.study_name, storage=storage)
         trials = study.get_trials(deepcopy=False)
-    # The file is input from anywhere: SQLAlchemy's errors, a schema from another Optuna
-    # version, a study name it does not hold. Whichever it is, the rest of the report stands.
+    # The study is input from anywhere: SQLAlchemy's or the journal's errors, a schema from
+    # another Optuna version, a study name it does not hold. Whichever it is, the rest of the report stands.
     except Exception as error:
-        figures.notes.append(f"{sweep.study.name}: not readable as an Optuna study ({error})")
+        figures.notes.append(f"{label}: not readable as an Optuna study ({error})")
         return figures
 
     states: dict[str, int] = {}
@@ -145,7 +148,7 @@ def plot_study(board: Leaderboard, output: Path) -> StudyFigures:
     completed = states.get("complete", 0)
     target = sweep.optimized_metric
     with warnings.catch_warnings():
-        # Optuna 2.x calls its matplotlib plots experimental and warns at every call.
+        # Optuna calls its matplotlib plots experimental and warns at every call.
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         if completed == 0:
             figures.notes.append("optimization history: no trial of the study has completed")
@@ -165,10 +168,8 @@ def plot_study(board: Leaderboard, output: Path) -> StudyFigures:
                 "parameter importances: need scikit-learn (pip install 'segfw[sweep]')"
             )
         else:
-            # Optuna 2.10's default evaluator (fANOVA) fails on the trees of current scikit-learn
-            # and NumPy ("setting an array element with a sequence"; measured with scikit-learn
-            # 1.9, NumPy 2.4); its mean-decrease-impurity evaluator works. Seeded: the same study
-            # gives the same importances.
+            # Mean decrease in impurity: one seeded random forest, so that the same study gives
+            # the same importances (Optuna 2.10's default fANOVA failed on current scikit-learn).
             evaluator = MeanDecreaseImpurityImportanceEvaluator(seed=0)
             figures.importances = _save(
                 lambda: optuna_plots.plot_param_importances(
@@ -189,8 +190,6 @@ def _save(plot, path: Path, pyplot, notes: list[str]) -> Path | None:
     # space that changed between trials, one parameter value only); a note says which.
     except Exception as error:
         reason = str(error)
-        if "get_cmap" in reason:  # Optuna 2.x's plots call it; matplotlib 3.9 removed it
-            reason += "; Optuna 2.x needs matplotlib<3.9: pip install 'segfw[sweep]'"
         notes.append(f"{path.stem.replace('_', ' ')}: Optuna could not draw it ({reason})")
         return None
     figure = axes.figure

@@ -19,11 +19,10 @@ from segfw.report.runs import (
     load_yaml,
     read_run,
 )
+from segfw.studies import JOURNAL_FILE
 
 DEFAULT_METRIC = "val/mIoU"
 MAXIMIZE, MINIMIZE = "maximize", "minimize"
-# The Optuna sweeper's study (segfw/conf/hparams_search/optuna.yaml: sqlite:///<sweep dir>/optuna.db).
-STUDY_FILE = "optuna.db"
 
 
 class ReportError(SegfwError):
@@ -45,7 +44,8 @@ class Sweep:
         optimized_metric: the sweep's ``optimized_metric`` (its runs' configs; ``val/mIoU``
             when they have none): the value an Optuna study's trials hold.
         direction: ``maximize`` or ``minimize``.
-        study: the Optuna study's SQLite file, when the sweep has one.
+        study: the storage of the sweep's Optuna study, when it has one: the sweep dir's journal
+            file, or the database URL the sweeper was given (:func:`segfw.studies.open_storage`).
         study_name: the study's name from the sweeper's config; None: the file's only study.
     """
 
@@ -56,7 +56,7 @@ class Sweep:
     metric: str = DEFAULT_METRIC
     optimized_metric: str = DEFAULT_METRIC
     direction: str = MAXIMIZE
-    study: Path | None = None
+    study: str | None = None
     study_name: str | None = None
 
 
@@ -117,7 +117,6 @@ def read_sweep(
             direction = direction[0]
         if direction not in (MAXIMIZE, MINIMIZE):
             direction = MINIMIZE if "loss" in metric else MAXIMIZE
-    study = directory / STUDY_FILE
     study_name = sweeper.get("study_name")
     return Sweep(
         directory=directory,
@@ -127,9 +126,17 @@ def read_sweep(
         metric=metric,
         optimized_metric=optimized_metric,
         direction=direction,
-        study=study if study.is_file() else None,
+        study=_study_storage(directory, sweeper.get("storage")),
         study_name=study_name if isinstance(study_name, str) else None,
     )
+
+
+def _study_storage(directory: Path, storage: object) -> str | None:
+    """The sweeper's storage: a database URL, a journal file that exists, else the sweep dir's."""
+    if isinstance(storage, str) and ("://" in storage or Path(storage).is_file()):
+        return storage
+    journal = directory / JOURNAL_FILE
+    return str(journal) if journal.is_file() else None
 
 
 def _job_order(path: Path) -> tuple[bool, int, str]:
