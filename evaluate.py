@@ -1,9 +1,12 @@
 """Score a checkpoint on a split.  python evaluate.py ckpt_path=PATH [split=test]"""
 
+import sys
+
 import hydra
 from omegaconf import DictConfig
 
 from segfw.commands.evaluate import evaluate
+from segfw.commands.overrides import exit_on_unknown_keys
 from segfw.commands.run import run_command
 
 
@@ -13,4 +16,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    exit_on_unknown_keys("evaluate", sys.argv[1:])
     main()

@@ -1,8 +1,11 @@
 """Predict masks for images.  python predict.py ckpt_path=PATH input=DIR_OR_FILE output=DIR"""
 
+import sys
+
 import hydra
 from omegaconf import DictConfig
 
+from segfw.commands.overrides import exit_on_unknown_keys
 from segfw.commands.predict import predict
 from segfw.commands.run import run_command
 
@@ -13,4 +16,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    exit_on_unknown_keys("predict", sys.argv[1:])
     main()

@@ -8,6 +8,7 @@ import warnings
 import hydra
 from omegaconf import DictConfig
 
+from segfw.commands.overrides import exit_on_unknown_keys
 from segfw.commands.run import run_command
 from segfw.commands.train import train
 
@@ -68,5 +69,6 @@ def main(cfg: DictConfig) -> float | None:
 
 if __name__ == "__main__":
     require_sweep_extra(sys.argv[1:])
+    exit_on_unknown_keys("train", sys.argv[1:])
     sys.argv += rank_overrides(sys.argv[1:])
     main()

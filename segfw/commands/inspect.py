@@ -16,12 +16,11 @@ import hydra
 from omegaconf import DictConfig
 
 from segfw.commands.config import build_datamodule, train_settings
+from segfw.commands.overrides import CONF_DIR
 from segfw.commands.run import run_command
 from segfw.data.survey import format_report, survey
 
 log = logging.getLogger("segfw.inspect")
-
-CONF = Path(__file__).resolve().parents[1] / "conf"
 
 
 def inspect(cfg: DictConfig) -> dict[str, Any]:
@@ -35,7 +34,7 @@ def inspect(cfg: DictConfig) -> dict[str, Any]:
     return report
 
 
-@hydra.main(version_base="1.3", config_path=str(CONF), config_name="inspect")
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="inspect")
 def main(cfg: DictConfig) -> None:
     report = run_command(inspect, cfg)
     if any(entry["problems"] for entry in report["splits"].values()):

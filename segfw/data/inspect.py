@@ -5,6 +5,10 @@ The command's address; it lives in ``segfw.commands.inspect`` and the survey it 
 """
 
 if __name__ == "__main__":
-    from segfw.commands.inspect import main
+    import sys
 
+    from segfw.commands.inspect import main
+    from segfw.commands.overrides import exit_on_unknown_keys
+
+    exit_on_unknown_keys("inspect", sys.argv[1:])
     main()
