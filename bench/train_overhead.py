@@ -96,7 +96,7 @@ def overrides(args: argparse.Namespace) -> list[str]:
         f"trainer.precision={args.precision}",
         f"trainer.max_steps={args.warmup + args.steps}",
         "trainer.num_sanity_val_steps=0",
-        "++trainer.limit_val_batches=0",
+        "trainer.limit_val_batches=0",
         f"channels_last={args.channels_last}",
         f"compile={args.compile}",
         *args.override,
@@ -200,7 +200,7 @@ def run_variant(args: argparse.Namespace) -> dict[str, float]:
     loader = DataLoader(batches, batch_size=None)  # type: ignore[arg-type]  # a list is a map-style dataset
     if args.variant == "segfw_eval":
         with open_dict(cfg):
-            del cfg.trainer.limit_val_batches  # set to 0 above only to keep fit() from validating
+            cfg.trainer.limit_val_batches = None  # 0 above only kept fit() from validating
         trainer = build_evaluation_trainer(cfg)  # as evaluate.py scores a checkpoint
 
         def one_pass() -> None:

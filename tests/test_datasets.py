@@ -78,7 +78,7 @@ def data_config(overrides, tmp_path):
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_each_layout_trains_one_step(layout, train_config, tmp_path):
     overrides, _ = LAYOUTS[layout](tmp_path)
-    metrics = train(train_config(*overrides, "++trainer.fast_dev_run=true"))
+    metrics = train(train_config(*overrides, "trainer.fast_dev_run=true"))
     assert 0.0 <= metrics["val/mIoU"] <= 1.0
 
 

@@ -13,7 +13,7 @@ from segfw.commands.config import build_datamodule, build_module
 from segfw.commands.train import train
 from segfw.training.module import SegmentationModule
 
-FAST = "++trainer.fast_dev_run=true"
+FAST = "trainer.fast_dev_run=true"
 
 
 class OutputDtypes:

@@ -188,7 +188,7 @@ def test_a_misspelled_optimized_metric_ends_the_run(tmp_path):
             sys.executable,
             "train.py",
             *tiny(SMALL),
-            "+optimized_metric=val/miou",
+            "optimized_metric=val/miou",
             f"hydra.run.dir={tmp_path}",
         ],
         cwd=ROOT,

@@ -157,7 +157,7 @@ def _column(output_dir: Path, name: str) -> int:
 @pytest.mark.parametrize("backbone", ["mobilenetv2", "resnet50"])
 def test_architectures_train_end_to_end_on_two_backbones(train_config, model, backbone):
     metrics = train(
-        train_config(f"model={model}", f"backbone={backbone}", "++trainer.fast_dev_run=true")
+        train_config(f"model={model}", f"backbone={backbone}", "trainer.fast_dev_run=true")
     )
     assert 0.0 <= metrics["val/mIoU"] <= 1.0 and 0.0 <= metrics["test/mIoU"] <= 1.0
 

@@ -127,7 +127,7 @@ def _check(
         f"trainer.precision={precision}",
         f"trainer.accumulate_grad_batches={accumulate}",
         f"trainer.log_every_n_steps={log_every}",
-        f"+trainer.val_check_interval={val_check}",
+        f"trainer.val_check_interval={val_check}",
     )
     metrics, run_dir = run["metrics"], run["dir"]
     steps = BATCHES // accumulate

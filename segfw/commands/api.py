@@ -16,11 +16,15 @@ from typing import Any
 
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf.errors import OmegaConfBaseException
 
 from segfw.commands.evaluate import evaluate as evaluate_command
+from segfw.commands.overrides import check_overrides
 from segfw.commands.run import CONF
 from segfw.commands.train import train as train_command
+from segfw.errors import ConfigError
 
 
 def train(overrides: Sequence[str] = (), output_dir: str | Path | None = None) -> dict[str, Any]:
@@ -53,8 +57,13 @@ def evaluate(
 
 
 def _compose(name: str, overrides: Sequence[str], output_dir: str | Path | None) -> DictConfig:
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3", job_name=name):
-        cfg = compose(config_name=name, overrides=list(overrides), return_hydra_config=True)
+    try:
+        check_overrides(CONF, name, overrides)
+        with initialize_config_dir(config_dir=str(CONF), version_base="1.3", job_name=name):
+            cfg = compose(config_name=name, overrides=list(overrides), return_hydra_config=True)
+    except (HydraException, OmegaConfBaseException) as error:
+        # A caller from Python catches segfw.errors, whatever layer found the fault.
+        raise ConfigError(f"{name} overrides {list(overrides)}: {error}") from None
     # The config's ${hydra:...} values (the run dir) read Hydra's state, as under @hydra.main.
     HydraConfig.instance().set_config(cfg)
     directory = Path(output_dir) if output_dir is not None else Path(cfg.hydra.run.dir)

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from segfw.commands.config import (
     build_evaluation_trainer,
     plain,
 )
+from segfw.commands.overrides import exit_on_unknown_keys
 from segfw.commands.run import CONF, log_headline, run_command, write_metrics
 from segfw.data import SegmentationDataModule
 from segfw.training.module import (
@@ -133,8 +135,14 @@ def score(
     return metrics, cases
 
 
-# ``segfw-evaluate`` and ``evaluate.py``: Hydra's command line on the package's configs; the job (and
-# its log file) is named after this module.
+def main() -> None:
+    """The command line of ``segfw-evaluate`` and ``evaluate.py``: Hydra's, on the package's configs,
+    with an override of a key that is not in the config named beside the valid keys."""
+    exit_on_unknown_keys("evaluate", sys.argv[1:])
+    _hydra_main()
+
+
+# The Hydra job is named after this module (``evaluate``): the run dir's log is ``evaluate.log``.
 @hydra.main(version_base="1.3", config_path=str(CONF), config_name="evaluate")
-def main(cfg: DictConfig) -> None:
+def _hydra_main(cfg: DictConfig) -> None:
     run_command(evaluate, cfg)

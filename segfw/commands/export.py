@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import hydra
 from omegaconf import DictConfig
 
 from segfw.commands.config import plain
+from segfw.commands.overrides import exit_on_unknown_keys
 from segfw.commands.run import CONF, run_command
 from segfw.deploy.export import export as export_model
 from segfw.training.module import SegmentationModule
@@ -29,8 +31,14 @@ def export(cfg: DictConfig) -> dict[str, Any]:
     )
 
 
-# ``segfw-export`` and ``export.py``: Hydra's command line on the package's configs; the job (and
-# its log file) is named after this module.
+def main() -> None:
+    """The command line of ``segfw-export`` and ``export.py``: Hydra's, on the package's configs,
+    with an override of a key that is not in the config named beside the valid keys."""
+    exit_on_unknown_keys("export", sys.argv[1:])
+    _hydra_main()
+
+
+# The Hydra job is named after this module (``export``): the run dir's log is ``export.log``.
 @hydra.main(version_base="1.3", config_path=str(CONF), config_name="export")
-def main(cfg: DictConfig) -> None:
+def _hydra_main(cfg: DictConfig) -> None:
     run_command(export, cfg)

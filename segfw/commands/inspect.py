@@ -9,6 +9,7 @@ it found a problem.
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ import hydra
 from omegaconf import DictConfig
 
 from segfw.commands.config import build_datamodule, train_settings
+from segfw.commands.overrides import exit_on_unknown_keys
 from segfw.commands.run import CONF, run_command
 from segfw.data.survey import format_report, survey
 
@@ -33,8 +35,15 @@ def inspect(cfg: DictConfig) -> dict[str, Any]:
     return report
 
 
+def main() -> None:
+    """The command line of ``python -m segfw.data.inspect``: Hydra's, on the package's configs,
+    with an override of a key that is not in the config named beside the valid keys."""
+    exit_on_unknown_keys("inspect", sys.argv[1:])
+    _hydra_main()
+
+
 @hydra.main(version_base="1.3", config_path=str(CONF), config_name="inspect")
-def main(cfg: DictConfig) -> None:
+def _hydra_main(cfg: DictConfig) -> None:
     report = run_command(inspect, cfg)
     if any(entry["problems"] for entry in report["splits"].values()):
         log.error("problems found: see above")

@@ -3,6 +3,7 @@ image files."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any, cast
 
@@ -10,6 +11,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from segfw.commands.config import plain
+from segfw.commands.overrides import exit_on_unknown_keys
 from segfw.commands.run import CONF, run_command
 from segfw.deploy.predict import predict_files
 from segfw.deploy.predictor import Predictor
@@ -61,8 +63,14 @@ def _without_data(cfg: DictConfig) -> tuple[DictConfig, dict[str, Any] | None]:
     return config, {"format": values["format"], **facts}
 
 
-# ``segfw-predict`` and ``predict.py``: Hydra's command line on the package's configs; the job (and
-# its log file) is named after this module.
+def main() -> None:
+    """The command line of ``segfw-predict`` and ``predict.py``: Hydra's, on the package's configs,
+    with an override of a key that is not in the config named beside the valid keys."""
+    exit_on_unknown_keys("predict", sys.argv[1:])
+    _hydra_main()
+
+
+# The Hydra job is named after this module (``predict``): the run dir's log is ``predict.log``.
 @hydra.main(version_base="1.3", config_path=str(CONF), config_name="predict")
-def main(cfg: DictConfig) -> None:
+def _hydra_main(cfg: DictConfig) -> None:
     run_command(predict, cfg)

@@ -29,6 +29,7 @@ from segfw.commands.config import (
     train_settings,
 )
 from segfw.commands.evaluate import score
+from segfw.commands.overrides import exit_on_unknown_keys
 from segfw.commands.run import CONF, log_headline, run_command, write_metrics
 from segfw.lightning_compat import mid_epoch_resume_warning_ignored
 from segfw.models import backbone_spec
@@ -195,6 +196,7 @@ def main() -> None:
     point them at the first rank's run dir; they come through here as well.
     """
     require_sweep_extra(sys.argv[1:])
+    exit_on_unknown_keys("train", sys.argv[1:])
     sys.argv += rank_overrides(sys.argv[1:])
     # segfw/conf/hydra/launcher/submitit_*.yaml share their names with the plugin's configs on
     # purpose, so that Hydra checks their keys against the plugin's schema; Hydra warns about that

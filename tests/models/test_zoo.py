@@ -293,7 +293,7 @@ def cli_overrides(name: str, backbone: str, run_dir: Path) -> list[str]:
         f"backbone={backbone}",
         "backbone.weights=null",
         *tiny,  # includes model.height=64 and model.width=64
-        "++trainer.fast_dev_run=true",
+        "trainer.fast_dev_run=true",
         f"hydra.run.dir={run_dir}",
     ]
 

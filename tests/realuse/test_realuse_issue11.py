@@ -33,13 +33,13 @@ def one_message(result: Result) -> str:
 
 @pytest.fixture(scope="module")
 def no_validation(tmp_path_factory) -> tuple[Result, Path]:
-    """A run without validation (``+trainer.limit_val_batches=0``) that also scores its training
+    """A run without validation (``trainer.limit_val_batches=0``) that also scores its training
     batches (``train_metrics=true``)."""
     directory = tmp_path_factory.mktemp("no_validation")
     result = command(
         "train.py",
         *SHAPES,
-        "+trainer.limit_val_batches=0",  # not among segfw/conf/trainer keys: added with +
+        "trainer.limit_val_batches=0",  # not among segfw/conf/trainer keys: added with +
         "train_metrics=true",
         f"hydra.run.dir={directory}",
     )
@@ -110,7 +110,7 @@ def test_a_misspelled_model_key_lists_every_accepted_key(tmp_path):
 
 
 def test_a_misspelled_optimized_metric_fails_before_training(tmp_path):
-    result = command("train.py", *SHAPES, "+optimized_metric=val/miou", f"hydra.run.dir={tmp_path}")
+    result = command("train.py", *SHAPES, "optimized_metric=val/miou", f"hydra.run.dir={tmp_path}")
     message = one_message(result)
     assert "val/miou" in message and "val/mIoU" in message
     assert not (tmp_path / "checkpoints").exists()
