@@ -29,6 +29,7 @@ SHRINK=(experiment=quickstart trainer.max_epochs=1 trainer.limit_train_batches=2
 # queued so that each outcome occurs: a good one, a failing one (batch size 0), one thrown off by a
 # far too high learning rate that the median pruner stops at its first epoch on val/loss, a good one.
 sweep() {
+    mkdir sweep
     python - <<'EOF'
 import optuna
 
