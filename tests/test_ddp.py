@@ -117,6 +117,15 @@ def test_torchrun_matches_the_lightning_launched_run(ddp_run, tmp_path):
     # Rank 1 logs into the run dir, as Lightning's relaunched process does, not into the cwd.
     assert (tmp_path / "train_ddp_process_1.log").is_file()
     assert not (ROOT / "train_ddp_process_1.log").exists()
+    # docs/scaling.md's layout, the relaunch's: rank 0's lines in train.log, rank 1's in its own
+    # file only, and .hydra/ from rank 0 (rank 1 would have written its own job name there).
+    logs = ["train.log", "train_ddp_process_1.log"]
+    assert sorted(p.name for p in tmp_path.glob("*.log")) == logs
+    assert sorted(p.name for p in ddp_run.glob("*.log")) == logs
+    rank1 = (tmp_path / "train_ddp_process_1.log").read_text()
+    assert "starts from random weights" in rank1 and "metrics written" not in rank1
+    assert "metrics written" in (tmp_path / "train.log").read_text()
+    assert OmegaConf.load(tmp_path / ".hydra" / "hydra.yaml").hydra.job.name == "train"
 
 
 def test_a_loss_diverging_on_one_rank_stops_every_rank_at_that_step(tmp_path):
