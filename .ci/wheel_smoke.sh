@@ -27,7 +27,8 @@ SHRINK=(experiment=quickstart trainer.max_epochs=1 trainer.limit_train_batches=2
 
 # An Optuna sweep of 4 trials, 2 at a time (submitit workers sharing one journal), its first trials
 # queued so that each outcome occurs: a good one, a failing one (batch size 0), one thrown off by a
-# far too high learning rate that the median pruner stops at its first epoch on val/loss, a good one.
+# far too high learning rate that the median pruner stops at its first epoch on val/loss, a good one
+# (no warm-up: the quickstart's would keep the learning rate low through the trials' 4 steps).
 sweep() {
     mkdir sweep
     python - <<'EOF'
@@ -48,7 +49,7 @@ EOF
         "optimizer.lr=choice(0.0001,0.1)" loss=ce optimizer.weight_decay=0 backbone=mobilenetv2 \
         backbone.weights=null model.height=32 model.width=32 data.sizes.train=16 \
         data.sizes.val=8 data.sizes.test=8 trainer.max_epochs=2 trainer.num_sanity_val_steps=0 \
-        worst_cases=0
+        scheduler.warmup_steps=0 worst_cases=0
     python - <<'EOF'
 import collections
 
