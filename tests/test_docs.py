@@ -898,7 +898,7 @@ def test_python_snippet(snippet: Snippet, request, monkeypatch, capsys):
 
 # --- names the pages give ------------------------------------------------------------------------
 
-PATH_NAME = re.compile(r"(?:segfw|conf|tests|bench|docs)/[\w./<>*-]*")
+PATH_NAME = re.compile(r"(?<!\w)(?:segfw|conf|tests|bench|docs)/[\w./<>*-]*")
 PYTHON_NAME = re.compile(r"segfw(?:\.\w+)+")
 NOT_PYTHON_NAMES = {"segfw.json": "the metadata file a TorchScript export carries"}
 
