@@ -131,3 +131,27 @@ def test_evaluate_takes_the_class_facts_a_data_config_leaves_unset_from_the_chec
     )
     written = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert written["test/mIoU"] == pytest.approx(scores["test/mIoU"])
+
+
+def test_train_py_refuses_to_resume_a_checkpoint_on_data_with_other_classes(checkpoint, tmp_path):
+    # Before: Lightning's load_state_dict failed on the classifier's shape, a traceback from inside
+    # trainer.fit.
+    root = write_folder_dataset(tmp_path / "data", num_classes=3)
+    result = _command(
+        "train.py",
+        f"ckpt_path={checkpoint}",
+        "data=folder",
+        f"data.root={root}",
+        "data.num_classes=3",
+        "data.class_names=[a,b,c]",
+        "backbone=mobilenetv2",
+        "backbone.weights=null",
+        run_dir=tmp_path / "run",
+    )
+    assert result.returncode == 1
+    (error,) = _errors(result)
+    assert "trained on 4 classes (background, circle, triangle, square)" in error
+    assert (
+        f"start a new run from its encoder (backbone.weights={checkpoint}, no ckpt_path)" in error
+    )
+    assert not list((tmp_path / "run").glob("checkpoints/*.ckpt"))

@@ -36,7 +36,7 @@ from segfw.models import backbone_spec
 from segfw.training.callbacks import log_worst_cases
 from segfw.training.distributed import check_launch
 from segfw.training.loggers import closing_wandb_run
-from segfw.training.module import SegmentationModule
+from segfw.training.module import SegmentationModule, data_for_checkpoint, load_checkpoint
 from segfw.training.resume import resolve_ckpt_path
 from segfw.training.run_info import log_run_info
 from segfw.visualize import checkpoint_palette
@@ -85,6 +85,7 @@ def _train(cfg: DictConfig) -> dict[str, Any]:
     check_launch(trainer, settings["trainer"].get("sync_batchnorm", False), in_sweep())
     ckpt_path = resolve_ckpt_path(settings.get("ckpt_path"), trainer)
     if ckpt_path:
+        _check_resumed_data(ckpt_path, data)
         log.info("resuming from %s", ckpt_path)
     log_run_info(settings, module, trainer.loggers)
     # A checkpoint saved inside an epoch (a SLURM requeue) resumes exactly: the datamodule keeps
@@ -124,6 +125,14 @@ def _train(cfg: DictConfig) -> dict[str, Any]:
             step = trainer.global_step
             log_worst_cases(trainer.loggers, "val", cases["val"], palette, scoring.hparams, step)
     return metrics
+
+
+def _check_resumed_data(ckpt_path: str, data: dict[str, Any]) -> None:
+    """Refuses to resume a checkpoint on data with other classes or another ignore_index: Lightning
+    would fail loading its classifier deep inside ``trainer.fit``, or train on with the labels'
+    meaning changed."""
+    hparams = load_checkpoint(ckpt_path)["hyper_parameters"]
+    data_for_checkpoint(hparams, data, ckpt_path, resuming=True)
 
 
 def _say_how_the_encoder_starts(backbone: dict[str, Any], data_format: str) -> None:

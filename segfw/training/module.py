@@ -323,7 +323,10 @@ DATA_FACTS = ("num_classes", "class_names", "ignore_index")
 
 
 def data_for_checkpoint(
-    hparams: Mapping[str, Any], data: Mapping[str, Any], ckpt_path: str | Path
+    hparams: Mapping[str, Any],
+    data: Mapping[str, Any],
+    ckpt_path: str | Path,
+    resuming: bool = False,
 ) -> dict[str, Any]:
     """``data`` (a ``data`` section) settled for the checkpoint it will be scored or predicted
     with: ``num_classes``, ``class_names`` and ``ignore_index`` left unset (``None``) become the
@@ -336,6 +339,8 @@ def data_for_checkpoint(
         hparams: the checkpoint's hyperparameters (``checkpoint["hyper_parameters"]``).
         data: the data section; ``format`` names it in the message.
         ckpt_path: the checkpoint's path, for the message.
+        resuming: training will resume the checkpoint (``train.py ckpt_path=...``): the message
+            offers starting a new run from its encoder, not leaving the data out.
 
     Raises:
         ConfigError: a fact differs from the checkpoint's; one line naming both values and the fix.
@@ -381,9 +386,16 @@ def data_for_checkpoint(
     fix = " ".join(
         f"data.{key}={_override(trained[key])}" for key in DATA_FACTS if given[key] != trained[key]
     )
+    if resuming:
+        other = (
+            f"resume it on the data it was trained on, or start a new run from its encoder "
+            f"(backbone.weights={ckpt_path}, no ckpt_path)"
+        )
+    else:
+        other = "pick the data it was trained on (leave data out)"
     raise ConfigError(
-        f"Checkpoint {str(ckpt_path)!r} {' and '.join(differences)}: pick the data it was trained "
-        f"on (leave data out), or, if these masks hold its classes, set {fix}."
+        f"Checkpoint {str(ckpt_path)!r} {' and '.join(differences)}: {other}, or, if these masks "
+        f"hold its classes, set {fix}."
     )
 
 
