@@ -1,10 +1,12 @@
-"""Test helpers: the real Hydra configs, composed and shrunk to CPU-test size, and a tiny folder
-dataset."""
+"""Test helpers: the real Hydra configs, composed and shrunk to CPU-test size, a tiny folder
+dataset, and the smallest Lightning module."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import pytorch_lightning as pl
+import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, open_dict
 
@@ -91,3 +93,23 @@ def assert_matches_single_process_evaluation(run_dir: Path, output_dir: Path) ->
     for key in ("val/mIoU", "val/dice", "val/pixel_acc", "val/IoU/background", "val/IoU/square"):
         assert single[key] == pytest.approx(metrics[key], abs=1e-12), key
     assert single["val/loss"] == pytest.approx(metrics["val/loss"], abs=1e-6)
+
+
+class Regression(pl.LightningModule):
+    """The smallest module that logs a loss to the progress bar, as SegmentationModule does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = torch.nn.Linear(4, 1)
+
+    def training_step(self, batch: list[torch.Tensor], batch_idx: int) -> torch.Tensor:
+        loss = torch.nn.functional.mse_loss(self.layer(batch[0]), batch[1])
+        self.log("train/loss", loss, prog_bar=True)
+        return loss
+
+    def train_dataloader(self) -> torch.utils.data.DataLoader:
+        data = torch.utils.data.TensorDataset(torch.randn(48, 4), torch.randn(48, 1))
+        return torch.utils.data.DataLoader(data, batch_size=4)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.01)

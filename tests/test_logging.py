@@ -26,7 +26,7 @@ from pytorch_lightning.callbacks import RichProgressBar
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 
-from helpers import CONF, compose_config, tiny
+from helpers import CONF, Regression, compose_config, tiny
 from segfw.commands.config import build_datamodule, build_logger, build_module
 from segfw.commands.train import train
 from segfw.errors import ConfigError
@@ -403,30 +403,10 @@ def test_progress_bar_reads_metrics_once_per_log_interval(monkeypatch):
             enable_checkpointing=False,
             enable_model_summary=False,
         )
-        trainer.fit(_Regression())
+        trainer.fit(Regression())
         counts[type(bar).__name__] = len(reads)
     assert counts["RichProgressBar"] >= 12  # Lightning's: after every batch
     assert counts["ProgressBar"] <= 12 // 4 + 2  # ours: every 4 steps, and at the epoch's end
-
-
-class _Regression(pl.LightningModule):
-    """The smallest module that shows a loss in the progress bar, as SegmentationModule does."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.layer = torch.nn.Linear(4, 1)
-
-    def training_step(self, batch: list[torch.Tensor], batch_idx: int) -> torch.Tensor:
-        loss = torch.nn.functional.mse_loss(self.layer(batch[0]), batch[1])
-        self.log("train/loss", loss, prog_bar=True)
-        return loss
-
-    def train_dataloader(self) -> torch.utils.data.DataLoader:
-        data = torch.utils.data.TensorDataset(torch.randn(48, 4), torch.randn(48, 1))
-        return torch.utils.data.DataLoader(data, batch_size=4)
-
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.SGD(self.parameters(), lr=0.01)
 
 
 def _tensorboard(run_dir: Path) -> EventAccumulator:

@@ -156,16 +156,7 @@ def test_optuna_sweep_is_ranked_with_its_failed_trial_and_study_plots(
 
 
 def test_report_html_renders_in_headless_chromium(optuna_sweep, tmp_path):
-    browser = shutil.which("chromium") or shutil.which("chromium-browser")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        sync_playwright = None
-    if browser is None or sync_playwright is None:
-        missing = "chromium (apt-get install chromium)" if browser is None else "playwright"
-        if os.environ.get("CI"):
-            pytest.fail(f"{missing} is missing: .ci/run installs both")
-        pytest.skip(f"{missing} is not installed")
+    browser, sync_playwright = _chromium()
     assert main([str(optuna_sweep), "--output", str(tmp_path)]) == 0
     html = (tmp_path / "report.html").read_text()
     # The best run's worst cases, when training wrote them (per-image scoring).

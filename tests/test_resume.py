@@ -83,21 +83,30 @@ def uninterrupted(tmp_path_factory):
     return output_dir
 
 
+def _train_until(
+    stop: type[BaseException], callback: pl.Callback, output_dir: Path, *overrides: str
+) -> BaseException:
+    """Trains in ``output_dir`` with ``callback`` added to the trainer, which must end the run
+    with ``stop``; the exception."""
+    build_trainer = tasks.build_trainer
+
+    def trainer_with_callback(cfg):
+        trainer = build_trainer(cfg)
+        trainer.callbacks.append(callback)
+        return trainer
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(tasks, "build_trainer", trainer_with_callback)
+        with pytest.raises(stop) as stopped:
+            tasks.train(_config(output_dir, *overrides))
+    return stopped.value
+
+
 @pytest.fixture(scope="module")
 def interrupted(tmp_path_factory):
     """The run dir of a run stopped in its second epoch; tests resume copies of it."""
     output_dir = tmp_path_factory.mktemp("interrupted")
-    build_trainer = tasks.build_trainer
-
-    def interrupted_trainer(cfg):
-        trainer = build_trainer(cfg)
-        trainer.callbacks.append(InterruptAt(INTERRUPT_AT_STEP))
-        return trainer
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(tasks, "build_trainer", interrupted_trainer)
-        with pytest.raises(Interrupted):
-            tasks.train(_config(output_dir))
+    _train_until(Interrupted, InterruptAt(INTERRUPT_AT_STEP), output_dir)
     assert _final_state(output_dir)["global_step"] == 4  # the end of the first epoch
     return output_dir
 
@@ -185,18 +194,7 @@ def slurm_task(tmp_path, monkeypatch):
 def _warned_run(run_dir: Path, batch: int, *overrides: str) -> str:
     """Trains in ``run_dir`` until SIGUSR1, sent after ``batch``'s backward pass, stops it; the
     stop message."""
-    build_trainer = tasks.build_trainer
-
-    def warned_trainer(cfg):
-        trainer = build_trainer(cfg)
-        trainer.callbacks.append(SignalAfterBackward(batch))
-        return trainer
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(tasks, "build_trainer", warned_trainer)
-        with pytest.raises(Requeued) as stopped:
-            tasks.train(_config(run_dir, *overrides))
-    return str(stopped.value)
+    return str(_train_until(Requeued, SignalAfterBackward(batch), run_dir, *overrides))
 
 
 @pytest.fixture(scope="module")

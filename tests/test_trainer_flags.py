@@ -23,7 +23,7 @@ import torch
 from omegaconf import OmegaConf
 
 import segfw.commands.evaluate as evaluate_command
-from helpers import TINY, compose_config
+from helpers import TINY, Regression, compose_config
 from segfw.commands.train import train
 from segfw.errors import ConfigError
 from segfw.training import requeue
@@ -211,26 +211,6 @@ def test_gallery_without_a_best_checkpoint_shows_the_scored_predictions(tmp_path
     _assert_gallery_shows_the_scored_predictions(run["drawn"])
 
 
-class _Regression(pl.LightningModule):
-    """The smallest module that logs a loss to the progress bar, as SegmentationModule does."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.layer = torch.nn.Linear(4, 1)
-
-    def training_step(self, batch: list[torch.Tensor], batch_idx: int) -> torch.Tensor:
-        loss = torch.nn.functional.mse_loss(self.layer(batch[0]), batch[1])
-        self.log("train/loss", loss, prog_bar=True)
-        return loss
-
-    def train_dataloader(self) -> torch.utils.data.DataLoader:
-        data = torch.utils.data.TensorDataset(torch.randn(48, 4), torch.randn(48, 1))
-        return torch.utils.data.DataLoader(data, batch_size=4)
-
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.SGD(self.parameters(), lr=0.01)
-
-
 def _small_trainer(tmp_path: Path, callbacks: list[pl.Callback], **options: Any) -> pl.Trainer:
     return pl.Trainer(
         accelerator="cpu",
@@ -250,7 +230,7 @@ def test_progress_bar_with_step_logging_off_reads_metrics_once_per_epoch(tmp_pat
     monkeypatch.setattr(
         pl.Trainer, "progress_bar_metrics", property(lambda t: reads.append(1) or original.fget(t))
     )
-    _small_trainer(tmp_path, [ProgressBar()], max_epochs=2).fit(_Regression())
+    _small_trainer(tmp_path, [ProgressBar()], max_epochs=2).fit(Regression())
     assert 2 <= len(reads) <= 2 * 2  # 12 steps an epoch; read at its start (and its end)
 
 
@@ -278,6 +258,6 @@ def test_requeue_with_step_logging_off_saves_at_the_signalled_step(tmp_path, mon
     monkeypatch.setattr(requeue, "_ask_for_requeue", lambda path: None)
     trainer = _small_trainer(tmp_path, [_Signal(at=2), requeue.Requeue()], max_epochs=1)
     with pytest.raises(requeue.Requeued):
-        trainer.fit(_Regression())
+        trainer.fit(Regression())
     saved = torch.load(tmp_path / "hpc_ckpt_1.ckpt", map_location="cpu", weights_only=True)
     assert saved["global_step"] == 3  # the signalled step, not a log interval later
