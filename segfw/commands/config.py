@@ -24,7 +24,7 @@ from segfw.errors import ConfigError
 from segfw.training.callbacks import ProgressBar
 from segfw.training.distributed import SameRunDir
 from segfw.training.losses import median_frequency_weights
-from segfw.training.module import SegmentationModule
+from segfw.training.module import DATA_FACTS, SegmentationModule
 from segfw.training.requeue import Requeue, slurm_plugins
 from segfw.training.resume import AtomicCheckpointIO, RandomState
 
@@ -32,6 +32,19 @@ log = logging.getLogger("segfw")
 
 # Command-line overrides left out of a run's default wandb name: they do not change the result.
 NOT_IN_NAME = ("logger", "ckpt_path", "hydra", "optuna_trial")
+
+
+def unset_missing_class_facts(cfg: DictConfig) -> DictConfig:
+    """``cfg`` with the data facts a data config leaves required (``???``: ``data=folder``'s class
+    names and count) unset, for the checkpoint to fill in (``data_for_checkpoint``)."""
+    data = cfg.get("data")
+    missing = [key for key in DATA_FACTS if data is not None and OmegaConf.is_missing(data, key)]
+    if not missing:
+        return cfg
+    config = cfg.copy()  # the composed config stays as it was
+    for key in missing:
+        config.data[key] = None
+    return config
 
 
 def plain(cfg: DictConfig) -> dict[str, Any]:

@@ -11,19 +11,19 @@ from typing import Any
 
 import hydra
 import pytorch_lightning as pl
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from segfw.choices import choose
 from segfw.commands.config import (
     build_datamodule,
     build_evaluation_trainer,
     plain,
+    unset_missing_class_facts,
 )
 from segfw.commands.overrides import exit_on_unknown_keys
 from segfw.commands.run import CONF, log_headline, run_command, write_metrics
 from segfw.data import SegmentationDataModule
 from segfw.training.module import (
-    DATA_FACTS,
     SegmentationModule,
     data_for_checkpoint,
     load_checkpoint,
@@ -44,7 +44,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     Returns:
         Flat metrics under ``<split>/``, also written to ``<output_dir>/metrics.json``.
     """
-    settings = plain(_unset_missing_class_facts(cfg))
+    settings = plain(unset_missing_class_facts(cfg))
     split = choose(("val", "test"), settings["split"], "split")
     inference = settings.get("inference")
     checkpoint = load_checkpoint(settings["ckpt_path"])
@@ -70,19 +70,6 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     write_metrics(metrics, output_dir / "metrics.json")
     log_headline(metrics, output_dir / "metrics.json")
     return metrics
-
-
-def _unset_missing_class_facts(cfg: DictConfig) -> DictConfig:
-    """``cfg`` with the data facts a data config leaves required (``???``: ``data=folder``'s class
-    names and count) unset, for the checkpoint to fill in (``data_for_checkpoint``)."""
-    data = cfg.get("data")
-    missing = [key for key in DATA_FACTS if data is not None and OmegaConf.is_missing(data, key)]
-    if not missing:
-        return cfg
-    config = cfg.copy()  # the composed config stays as it was
-    for key in missing:
-        config.data[key] = None
-    return config
 
 
 def score(

@@ -10,7 +10,7 @@ from typing import Any, cast
 import hydra
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from segfw.commands.config import plain
+from segfw.commands.config import plain, unset_missing_class_facts
 from segfw.commands.overrides import exit_on_unknown_keys
 from segfw.commands.run import CONF, run_command
 from segfw.deploy.predict import predict_files
@@ -55,8 +55,9 @@ def _without_data(cfg: DictConfig) -> tuple[DictConfig, dict[str, Any] | None]:
     data = cfg.get("data")
     if data is None:
         return cfg, None
-    values = cast(dict[str, Any], OmegaConf.to_container(data, resolve=True))
-    facts = {key: None if OmegaConf.is_missing(data, key) else values[key] for key in DATA_FACTS}
+    settled = unset_missing_class_facts(cfg).data
+    values = cast(dict[str, Any], OmegaConf.to_container(settled, resolve=True))
+    facts = {key: values[key] for key in DATA_FACTS}
     config = cfg.copy()  # the composed config stays as it was
     with open_dict(config):
         del config["data"]
